@@ -1,0 +1,22 @@
+//! The only crate that talks to the database. Every query is written once with `$N`
+//! parameters and runs on SQLite or PostgreSQL; the few dialect-only statements sit side by
+//! side with their twin. Tenant data is reachable only through [`Tx<Tenant>`], which binds the
+//! tenant into every query and, on PostgreSQL, into the transaction for row-level security.
+
+mod api_keys;
+mod connect;
+mod jobs;
+mod probes;
+mod schedules;
+mod tenants;
+mod tx;
+
+pub use api_keys::{ApiKey, ApiKeyWithSecret, NewApiKey};
+pub use connect::{DatabaseUrl, Engine, Identity, Readiness, Store, StoreOptions, SqliteSync};
+pub use jobs::{ClaimedJob, Enqueued, JobRecord, JobState, KindStats, NewJob};
+pub use probes::{PROBE_JOB_KIND, ProbeStatus};
+pub use tenants::Tenant;
+pub use tx::{Platform, Scope, Tenant as TenantScope, Tx};
+
+/// The PostgreSQL role the application works as; see migrations/postgres/0001_foundation.sql.
+pub const APP_ROLE: &str = "waypost_app";
