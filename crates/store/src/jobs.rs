@@ -198,16 +198,18 @@ const MAX_ERROR_LEN: usize = 2_000;
 
 /// The claim, written once. PostgreSQL adds `FOR UPDATE SKIP LOCKED` so concurrent workers
 /// pass over each other's rows instead of queueing on them; SQLite has a single writer, so
-/// the plain statement is already atomic.
+/// the plain statement is already atomic. The pick is a materialized CTE, not `id IN (SELECT
+/// … LIMIT n)`: a planner may rescan such a subquery per row, and with SKIP LOCKED every
+/// rescan finds new rows, leasing more than `n` jobs.
 macro_rules! claim_sql {
     ($lock:literal) => {
         concat!(
-            "UPDATE jobs SET run_at = $1, lease_owner = $2, attempts = attempts + 1, \
-             updated_at = $3 \
-             WHERE id IN (SELECT id FROM jobs WHERE state = 'pending' AND run_at <= $3 \
-             ORDER BY run_at LIMIT $4",
+            "WITH picked AS MATERIALIZED (SELECT id FROM jobs \
+             WHERE state = 'pending' AND run_at <= $3 ORDER BY run_at LIMIT $4",
             $lock,
-            ") AND state = 'pending' AND run_at <= $3 \
+            ") UPDATE jobs SET run_at = $1, lease_owner = $2, attempts = attempts + 1, \
+             updated_at = $3 \
+             WHERE id IN (SELECT id FROM picked) AND state = 'pending' AND run_at <= $3 \
              RETURNING id, tenant_id, kind, payload, attempts, max_attempts, dedupe_key, created_at"
         )
     };

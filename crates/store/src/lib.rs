@@ -20,3 +20,6 @@ pub use tx::{Platform, Scope, Tenant as TenantScope, Tx};
 
 /// The PostgreSQL role the application works as; see migrations/postgres/0001_foundation.sql.
 pub const APP_ROLE: &str = "waypost_app";
+
+#[cfg(feature = "testkit")]
+pub mod testkit;

@@ -1,0 +1,192 @@
+//! Test databases for Waypost's own suites. Every test gets a database of its own: a SQLite
+//! file in a temporary folder, and — when `WAYPOST_TEST_DATABASE_URL` names a PostgreSQL
+//! server (any database on it; the user must be able to create roles and databases) — a fresh
+//! PostgreSQL database, dropped afterwards. Under `CI=true` a missing PostgreSQL fails the
+//! test instead of skipping it.
+
+use std::{path::PathBuf, str::FromStr, sync::OnceLock};
+
+use sqlx::{Connection, Executor, postgres::PgConnection};
+
+use crate::{DatabaseUrl, Engine, Store, StoreOptions};
+
+pub const TEST_DATABASE_URL_VAR: &str = "WAYPOST_TEST_DATABASE_URL";
+/// The login role the README recommends: owns the schema, is neither superuser nor BYPASSRLS.
+pub const RECOMMENDED_USER: &str = "waypost";
+
+/// How a test reaches its database.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flavor {
+    Sqlite,
+    /// As the README's recommended owner role.
+    Postgres,
+    /// As the superuser of `WAYPOST_TEST_DATABASE_URL`.
+    PostgresSuperuser,
+}
+
+/// A database that exists for one test and is removed when dropped.
+pub struct TestDb {
+    pub flavor: Flavor,
+    /// The URL to hand to Waypost (as a flag or environment variable).
+    pub url: String,
+    cleanup: Cleanup,
+}
+
+enum Cleanup {
+    Dir(PathBuf),
+    Database { admin_url: String, name: String },
+}
+
+impl TestDb {
+    pub fn engine(&self) -> Engine {
+        match self.flavor {
+            Flavor::Sqlite => Engine::Sqlite,
+            Flavor::Postgres | Flavor::PostgresSuperuser => Engine::Postgres,
+        }
+    }
+
+    pub fn database_url(&self) -> DatabaseUrl {
+        match DatabaseUrl::from_str(&self.url) {
+            Ok(url) => url,
+            Err(err) => panic!("test database URL does not parse: {err}"),
+        }
+    }
+
+    /// Connects (and migrates) with default options.
+    pub async fn store(&self) -> Store {
+        match Store::connect(&self.database_url(), &StoreOptions::default()).await {
+            Ok(store) => store,
+            Err(err) => panic!("cannot open test store {}: {err}", self.url),
+        }
+    }
+
+    pub fn sqlite() -> TestDb {
+        let dir = std::env::temp_dir().join(format!("waypost-test-{}", uuid::Uuid::now_v7()));
+        let url = format!("sqlite://{}", dir.join("waypost.db").display());
+        TestDb { flavor: Flavor::Sqlite, url, cleanup: Cleanup::Dir(dir) }
+    }
+
+    /// A fresh PostgreSQL database, or `None` when no server is configured (outside CI).
+    pub async fn postgres(flavor: Flavor) -> Option<TestDb> {
+        let admin_url = postgres_admin_url()?;
+        let name = format!("waypost_t_{}", uuid::Uuid::now_v7().simple());
+        let owner = match flavor {
+            Flavor::Postgres => {
+                ensure_recommended_roles(&admin_url).await;
+                RECOMMENDED_USER.to_string()
+            }
+            Flavor::PostgresSuperuser => {
+                let admin = admin_url.parse::<url::Url>().ok()?;
+                admin.username().to_string()
+            }
+            Flavor::Sqlite => panic!("Flavor::Sqlite is not a PostgreSQL flavor"),
+        };
+        let mut conn = admin_connection(&admin_url).await;
+        let create = format!("CREATE DATABASE {name} OWNER \"{owner}\"");
+        if let Err(err) = conn.execute(sqlx::AssertSqlSafe(create)).await {
+            panic!("cannot create test database {name}: {err}");
+        }
+        let _ = conn.close().await;
+        let mut url = match admin_url.parse::<url::Url>() {
+            Ok(url) => url,
+            Err(err) => panic!("{TEST_DATABASE_URL_VAR} is not a URL: {err}"),
+        };
+        url.set_path(&name);
+        if flavor == Flavor::Postgres {
+            let _ = url.set_username(RECOMMENDED_USER);
+            let _ = url.set_password(None);
+        }
+        Some(TestDb { flavor, url: url.to_string(), cleanup: Cleanup::Database { admin_url, name } })
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        if std::env::var_os("WAYPOST_TEST_KEEP").is_some() {
+            return;
+        }
+        match &self.cleanup {
+            Cleanup::Dir(dir) => {
+                let _ = std::fs::remove_dir_all(dir);
+            }
+            Cleanup::Database { admin_url, name } => {
+                let (admin_url, name) = (admin_url.clone(), name.clone());
+                // Drop may run inside a runtime; a thread of its own can block on its own one.
+                let _ = std::thread::spawn(move || {
+                    let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build()
+                    else {
+                        return;
+                    };
+                    rt.block_on(async {
+                        if let Ok(mut conn) = PgConnection::connect(&admin_url).await {
+                            let drop = format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)");
+                            let _ = conn.execute(sqlx::AssertSqlSafe(drop)).await;
+                            let _ = conn.close().await;
+                        }
+                    });
+                })
+                .join();
+            }
+        }
+    }
+}
+
+/// The databases every contract test runs on: SQLite always, PostgreSQL when configured.
+pub async fn test_databases() -> Vec<TestDb> {
+    let mut dbs = vec![TestDb::sqlite()];
+    dbs.extend(TestDb::postgres(Flavor::Postgres).await);
+    dbs
+}
+
+/// `WAYPOST_TEST_DATABASE_URL`, or `None` when unset outside CI. Panics under `CI=true`:
+/// there the PostgreSQL pass is required, never skipped.
+pub fn postgres_admin_url() -> Option<String> {
+    match std::env::var(TEST_DATABASE_URL_VAR) {
+        Ok(url) if !url.trim().is_empty() => Some(url),
+        _ if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") => {
+            panic!("CI=true but {TEST_DATABASE_URL_VAR} is not set: the PostgreSQL pass is required")
+        }
+        _ => {
+            static WARNED: OnceLock<()> = OnceLock::new();
+            WARNED.get_or_init(|| {
+                eprintln!("PostgreSQL pass SKIPPED: set {TEST_DATABASE_URL_VAR} to run it");
+            });
+            None
+        }
+    }
+}
+
+async fn admin_connection(admin_url: &str) -> PgConnection {
+    match PgConnection::connect(admin_url).await {
+        Ok(conn) => conn,
+        Err(err) => panic!("cannot reach PostgreSQL at {TEST_DATABASE_URL_VAR}: {err}"),
+    }
+}
+
+/// Creates the README's recommended roles once per process. Concurrent test processes may
+/// race on the catalog, so each statement tolerates "already exists" and is retried.
+async fn ensure_recommended_roles(admin_url: &str) {
+    static DONE: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
+    DONE.get_or_init(|| async {
+        let statements = [
+            "DO $$ BEGIN CREATE ROLE waypost LOGIN; \
+             EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL; END $$",
+            "DO $$ BEGIN CREATE ROLE waypost_app NOLOGIN NOSUPERUSER NOBYPASSRLS NOINHERIT; \
+             EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL; END $$",
+            "DO $$ BEGIN GRANT waypost_app TO waypost; \
+             EXCEPTION WHEN others THEN NULL; END $$",
+        ];
+        let mut conn = admin_connection(admin_url).await;
+        for sql in statements {
+            for attempt in 0..5 {
+                match conn.execute(sql).await {
+                    Ok(_) => break,
+                    Err(err) if attempt == 4 => panic!("cannot prepare roles: {err}"),
+                    Err(_) => tokio::time::sleep(std::time::Duration::from_millis(50)).await,
+                }
+            }
+        }
+        let _ = conn.close().await;
+    })
+    .await;
+}
