@@ -20,6 +20,8 @@ pub enum ErrorCode {
     Forbidden,
     /// The object does not exist in the caller's tenant.
     NotFound,
+    /// The route exists but not with this HTTP method.
+    MethodNotAllowed,
     /// The request conflicts with existing state (duplicate name, already revoked, ...).
     Conflict,
     /// The body is larger than the route accepts.
@@ -41,6 +43,7 @@ impl ErrorCode {
         Self::Unauthorized,
         Self::Forbidden,
         Self::NotFound,
+        Self::MethodNotAllowed,
         Self::Conflict,
         Self::PayloadTooLarge,
         Self::RateLimited,
@@ -56,6 +59,7 @@ impl ErrorCode {
             Self::Unauthorized => "unauthorized",
             Self::Forbidden => "forbidden",
             Self::NotFound => "not_found",
+            Self::MethodNotAllowed => "method_not_allowed",
             Self::Conflict => "conflict",
             Self::PayloadTooLarge => "payload_too_large",
             Self::RateLimited => "rate_limited",
@@ -72,6 +76,7 @@ impl ErrorCode {
             Self::Unauthorized => 401,
             Self::Forbidden => 403,
             Self::NotFound => 404,
+            Self::MethodNotAllowed => 405,
             Self::Conflict => 409,
             Self::PayloadTooLarge => 413,
             Self::RateLimited => 429,
@@ -87,6 +92,7 @@ impl ErrorCode {
             Self::Unauthorized => "Authentication required",
             Self::Forbidden => "Not allowed for this role",
             Self::NotFound => "Not found",
+            Self::MethodNotAllowed => "Method not allowed",
             Self::Conflict => "Conflicts with the current state",
             Self::PayloadTooLarge => "Request body too large",
             Self::RateLimited => "Too many requests",

@@ -230,9 +230,12 @@ impl Tx<Tenant> {
         .map_err(db_error)?;
         Ok(written > 0)
     }
+}
 
+impl ApiKey {
     /// Whether `last_used_at` would be written now: lets callers skip the write transaction.
-    pub fn needs_touch(key: &ApiKey, now: Timestamp) -> bool {
-        key.last_used_at.is_none_or(|t| t.as_millis() <= now.as_millis() - LAST_USED_GRANULARITY_MS)
+    pub fn needs_touch(&self, now: Timestamp) -> bool {
+        self.last_used_at
+            .is_none_or(|t| t.as_millis() <= now.as_millis() - LAST_USED_GRANULARITY_MS)
     }
 }

@@ -396,13 +396,21 @@ async fn begin_pg_tenant(
     tenant: TenantId,
 ) -> Result<sqlx::Transaction<'static, sqlx::Postgres>> {
     let mut tx = pool.begin().await.map_err(db_error)?;
+    set_tenant(&mut tx, tenant).await?;
+    Ok(tx)
+}
+
+pub(crate) async fn set_tenant(
+    tx: &mut sqlx::Transaction<'static, sqlx::Postgres>,
+    tenant: TenantId,
+) -> Result<()> {
     // Transaction-local (`true`): the setting cannot leak to the next user of the connection.
     sqlx::query("SELECT set_config('app.tenant_id', $1, true)")
         .bind(tenant.to_string())
-        .execute(&mut *tx)
+        .execute(&mut **tx)
         .await
         .map_err(db_error)?;
-    Ok(tx)
+    Ok(())
 }
 
 async fn migrate_postgres(url: &DatabaseUrl, pg: &PgConnectOptions) -> Result<()> {

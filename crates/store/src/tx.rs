@@ -85,6 +85,18 @@ impl<S: Scope> Tx<S> {
     }
 }
 
+impl Tx<Platform> {
+    /// Continues this transaction inside one tenant's scope, e.g. to create a tenant and its
+    /// first credentials atomically. Platform tables are out of reach from then on.
+    pub async fn enter_tenant(self, tenant: TenantId) -> Result<Tx<Tenant>> {
+        let mut conn = self.conn;
+        if let Conn::Postgres(tx) = &mut conn {
+            crate::connect::set_tenant(tx, tenant).await?;
+        }
+        Ok(Tx { conn, scope: Tenant(tenant) })
+    }
+}
+
 impl Tx<Tenant> {
     pub fn tenant(&self) -> TenantId {
         self.scope.0

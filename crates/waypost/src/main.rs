@@ -1,1 +1,30 @@
-fn main(){}
+//! `waypost`: the server and its operator commands.
+
+mod cli;
+mod commands;
+mod config;
+mod serve;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let cli = cli::Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("error: cannot start the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(commands::run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            // One clear line; details (location, causes) go to the log at debug level.
+            tracing::debug!(error = ?err, "command failed");
+            eprintln!("error: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,150 @@
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Waypost: WhatsApp Business messaging, ad attribution and business-system connector.
+#[derive(Debug, Parser)]
+#[command(name = "waypost", version, about, args_conflicts_with_subcommands = true)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    /// `waypost --listen …` is `waypost serve --listen …`.
+    #[command(flatten)]
+    pub serve: ServeArgs,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// Accepted by every subcommand.
+#[derive(Debug, Args, Default)]
+pub struct GlobalArgs {
+    /// Configuration file (default: ./waypost.toml if it exists).
+    #[arg(long, global = true, env = "WAYPOST_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Folder for the embedded SQLite database (default ./waypost-data).
+    #[arg(long, global = true, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// postgres://… (production) or sqlite://PATH; empty means SQLite in the data folder.
+    #[arg(long, global = true, env = "DATABASE_URL", value_name = "URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the server: HTTP API, job workers and scheduler (the default command).
+    Serve(ServeArgs),
+    /// Apply pending database migrations and exit.
+    Migrate(JsonFlag),
+    /// Print the effective configuration, secrets masked.
+    Config(JsonFlag),
+    /// Manage tenants.
+    #[command(subcommand)]
+    Tenant(TenantCommand),
+    /// Manage API keys.
+    #[command(subcommand)]
+    Apikey(ApiKeyCommand),
+    /// Inspect and operate the job queue.
+    #[command(subcommand)]
+    Jobs(JobsCommand),
+}
+
+#[derive(Debug, Clone, Args, Default)]
+pub struct ServeArgs {
+    /// Address to listen on, e.g. 127.0.0.1:8080 (port 0 picks a free port).
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub listen: Option<String>,
+    /// Do not serve HTTP (a worker-only process).
+    #[arg(long)]
+    pub no_http: bool,
+    /// Do not run jobs in this process.
+    #[arg(long)]
+    pub no_workers: bool,
+    /// Do not fire recurring jobs from this process.
+    #[arg(long)]
+    pub no_scheduler: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct JsonFlag {
+    /// Print JSON for scripts.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TenantCommand {
+    /// Create a tenant.
+    Create {
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List tenants.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ApiKeyCommand {
+    /// Create an API key; the key is printed once.
+    Create {
+        #[arg(long, value_name = "TENANT_ID")]
+        tenant: String,
+        /// owner, admin, agent, analyst or viewer.
+        #[arg(long)]
+        role: String,
+        #[arg(long, default_value = "cli")]
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List a tenant's API keys.
+    List {
+        #[arg(long, value_name = "TENANT_ID")]
+        tenant: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke an API key.
+    Revoke {
+        #[arg(long, value_name = "TENANT_ID")]
+        tenant: String,
+        /// The key's id.
+        key_id: String,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum JobsCommand {
+    /// List jobs, newest first.
+    List {
+        /// pending, done or dead.
+        #[arg(long)]
+        state: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Put a dead job back in the queue.
+    Replay {
+        job_id: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Enqueue probe jobs and wait until workers have run them all: an end-to-end check of
+    /// the queue that also reports duplicates and which worker ran what.
+    Probe {
+        #[arg(long, default_value_t = 100)]
+        count: u32,
+        #[arg(long, default_value_t = 60)]
+        timeout_secs: u64,
+        #[arg(long)]
+        json: bool,
+    },
+}

@@ -1,0 +1,266 @@
+use std::{str::FromStr, time::Duration};
+
+use serde_json::json;
+use tracing_subscriber::{EnvFilter, fmt, prelude::*};
+use waypost_api::ApiKeySecret;
+use waypost_core::{ApiKeyId, Error, ErrorCode, JobId, Result, Role, TenantId};
+use waypost_store::{JobState, NewApiKey, Store};
+
+use crate::{
+    cli::{ApiKeyCommand, Cli, Command, GlobalArgs, JobsCommand, ServeArgs, TenantCommand},
+    config::Config,
+    serve,
+};
+
+pub async fn run(cli: Cli) -> Result<()> {
+    let command = cli.command.unwrap_or(Command::Serve(cli.serve));
+    let mut config = load_config(&cli.global)?;
+    if let Command::Serve(args) = &command {
+        apply_serve_flags(&mut config, args);
+    }
+    config.validate()?;
+    let serving = matches!(command, Command::Serve(_));
+    init_logging(&config, serving);
+
+    match command {
+        Command::Serve(_) => serve::run(config).await,
+        Command::Config(flag) => {
+            let masked = config.masked();
+            let text = if flag.json {
+                serde_json::to_string_pretty(&masked).map_err(|e| Error::internal("printing", e))?
+            } else {
+                toml::to_string(&masked).map_err(|e| Error::internal("printing", e))?
+            };
+            println!("{}", text.trim_end());
+            Ok(())
+        }
+        Command::Migrate(flag) => {
+            let store = open_store(&config).await?;
+            store.migrate().await?;
+            let readiness = store.readiness().await;
+            print(flag.json, json!({ "engine": readiness.engine, "schema_version": readiness.schema_version }), || {
+                format!("{} is at schema version {}", store.url(), readiness.schema_version.unwrap_or(0))
+            });
+            store.close().await;
+            Ok(())
+        }
+        Command::Tenant(cmd) => {
+            let store = open_store(&config).await?;
+            let result = tenant(&store, cmd).await;
+            store.close().await;
+            result
+        }
+        Command::Apikey(cmd) => {
+            let store = open_store(&config).await?;
+            let result = apikey(&store, cmd).await;
+            store.close().await;
+            result
+        }
+        Command::Jobs(cmd) => {
+            let store = open_store(&config).await?;
+            let result = jobs(&store, cmd).await;
+            store.close().await;
+            result
+        }
+    }
+}
+
+fn load_config(global: &GlobalArgs) -> Result<Config> {
+    let mut config = Config::load(global.config.as_deref())?;
+    if let Some(dir) = &global.data_dir {
+        config.data_dir.clone_from(dir);
+    }
+    if let Some(url) = &global.database_url {
+        config.database.url.clone_from(url);
+    }
+    Ok(config)
+}
+
+fn apply_serve_flags(config: &mut Config, args: &ServeArgs) {
+    if let Some(listen) = &args.listen {
+        config.http.listen.clone_from(listen);
+    }
+    config.http.enabled &= !args.no_http;
+    config.jobs.enabled &= !args.no_workers;
+    config.scheduler.enabled &= !args.no_scheduler;
+}
+
+fn init_logging(config: &Config, serving: bool) {
+    // Operator commands print results on stdout; their logs stay quiet unless asked for.
+    let default = if serving { config.log.level.as_str() } else { "warn" };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    let registry = tracing_subscriber::registry().with(filter);
+    let result = if config.log.format == "json" {
+        registry.with(fmt::layer().json().with_writer(std::io::stderr)).try_init()
+    } else {
+        let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+        registry.with(fmt::layer().with_ansi(ansi).with_writer(std::io::stderr)).try_init()
+    };
+    if result.is_err() {
+        eprintln!("warning: logging was already initialised");
+    }
+}
+
+pub async fn open_store(config: &Config) -> Result<Store> {
+    Store::connect(&config.database_url()?, &config.store_options()?).await
+}
+
+/// Prints `value` as JSON, or the human line.
+fn print(json: bool, value: serde_json::Value, human: impl FnOnce() -> String) {
+    if json {
+        println!("{value}");
+    } else {
+        println!("{}", human());
+    }
+}
+
+fn to_json(value: &impl serde::Serialize) -> Result<serde_json::Value> {
+    serde_json::to_value(value).map_err(|e| Error::internal("printing", e))
+}
+
+fn parse_tenant(raw: &str) -> Result<TenantId> {
+    TenantId::from_str(raw).map_err(|_| Error::new(ErrorCode::InvalidRequest, format!("--tenant: {raw:?} is not a tenant id")))
+}
+
+async fn existing_tenant(store: &Store, raw: &str) -> Result<TenantId> {
+    let id = parse_tenant(raw)?;
+    let mut tx = store.platform_read().await?;
+    let tenant = tx.get_tenant(id).await.map_err(|e| match e.code() {
+        ErrorCode::NotFound => Error::new(ErrorCode::NotFound, format!("no tenant with id {id}")),
+        _ => e,
+    })?;
+    tx.rollback().await?;
+    Ok(tenant.id)
+}
+
+async fn tenant(store: &Store, cmd: TenantCommand) -> Result<()> {
+    match cmd {
+        TenantCommand::Create { name, json } => {
+            let mut tx = store.platform().await?;
+            let tenant = tx.create_tenant(&name).await?;
+            tx.commit().await?;
+            print(json, to_json(&tenant)?, || format!("created tenant {} ({})", tenant.name, tenant.id));
+        }
+        TenantCommand::List { json } => {
+            let mut tx = store.platform_read().await?;
+            let tenants = tx.list_tenants().await?;
+            tx.rollback().await?;
+            print(json, to_json(&tenants)?, || {
+                tenants.iter().map(|t| format!("{}  {}", t.id, t.name)).collect::<Vec<_>>().join("\n")
+            });
+        }
+    }
+    Ok(())
+}
+
+async fn apikey(store: &Store, cmd: ApiKeyCommand) -> Result<()> {
+    match cmd {
+        ApiKeyCommand::Create { tenant, role, name, json } => {
+            let role = Role::from_str(&role)?;
+            let tenant = existing_tenant(store, &tenant).await?;
+            let secret = ApiKeySecret::generate(tenant)?;
+            let mut tx = store.tenant(tenant).await?;
+            let key = tx
+                .create_api_key(NewApiKey {
+                    prefix: secret.prefix,
+                    secret_hash: secret.secret_hash,
+                    name,
+                    role,
+                    expires_at: None,
+                })
+                .await?;
+            tx.commit().await?;
+            let mut value = to_json(&key)?;
+            value["key"] = json!(secret.token);
+            print(json, value, || {
+                format!("created {role} API key {} for tenant {tenant} (shown once):\n{}", key.id, secret.token)
+            });
+        }
+        ApiKeyCommand::List { tenant, json } => {
+            let tenant = existing_tenant(store, &tenant).await?;
+            let mut tx = store.tenant_read(tenant).await?;
+            let mut keys = Vec::new();
+            let mut cursor = None;
+            loop {
+                let page = tx.list_api_keys(200, cursor).await?;
+                keys.extend(page.data);
+                match page.next_cursor {
+                    Some(next) => cursor = Some(waypost_core::Cursor::decode(&next)?),
+                    None => break,
+                }
+            }
+            tx.rollback().await?;
+            print(json, to_json(&keys)?, || {
+                keys.iter()
+                    .map(|k| {
+                        let state = if k.revoked_at.is_some() { "revoked" } else { "active" };
+                        format!("{}  {}  {}  {}  {state}", k.id, k.prefix, k.role, k.name)
+                    })
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            });
+        }
+        ApiKeyCommand::Revoke { tenant, key_id, json } => {
+            let tenant = existing_tenant(store, &tenant).await?;
+            let id = ApiKeyId::from_str(&key_id)?;
+            let mut tx = store.tenant(tenant).await?;
+            let key = tx.revoke_api_key(id).await?;
+            tx.commit().await?;
+            print(json, to_json(&key)?, || format!("revoked API key {} ({})", key.id, key.prefix));
+        }
+    }
+    Ok(())
+}
+
+async fn jobs(store: &Store, cmd: JobsCommand) -> Result<()> {
+    match cmd {
+        JobsCommand::List { state, limit, json } => {
+            let state = state.as_deref().map(JobState::from_str).transpose()?;
+            let jobs = store.list_jobs(state, limit.clamp(1, 1000)).await?;
+            print(json, to_json(&jobs)?, || {
+                jobs.iter()
+                    .map(|j| {
+                        let error = j.last_error.as_deref().unwrap_or("");
+                        format!("{}  {}  {}  attempts {}/{}  {error}", j.id, j.kind, j.state, j.attempts, j.max_attempts)
+                    })
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            });
+        }
+        JobsCommand::Replay { job_id, json } => {
+            let job = store.replay_job(JobId::from_str(&job_id)?).await?;
+            print(json, to_json(&job)?, || format!("job {} is pending again", job.id));
+        }
+        JobsCommand::Probe { count, timeout_secs, json } => {
+            if count == 0 || count > 100_000 {
+                return Err(Error::validation("--count must be between 1 and 100000"));
+            }
+            let batch = store.start_probe_batch(count).await?;
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(timeout_secs);
+            let status = loop {
+                let status = store.probe_status(batch).await?;
+                if status.completed == status.total || tokio::time::Instant::now() >= deadline {
+                    break status;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            };
+            print(json, to_json(&status)?, || {
+                let workers = status.by_worker.iter().map(|(w, n)| format!("{w}: {n}")).collect::<Vec<_>>().join(", ");
+                format!(
+                    "{}/{} probes completed, {} duplicated, p50 {} ms; by worker: {workers}",
+                    status.completed,
+                    status.total,
+                    status.duplicated,
+                    status.latency_p50_ms.unwrap_or_default()
+                )
+            });
+            if status.completed < status.total {
+                return Err(Error::new(
+                    ErrorCode::Unavailable,
+                    format!("only {}/{} probes completed within {timeout_secs} s: are workers running?", status.completed, status.total),
+                ));
+            }
+        }
+    }
+    Ok(())
+}

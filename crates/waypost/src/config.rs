@@ -1,0 +1,332 @@
+//! Configuration: built-in defaults < `waypost.toml` (or `--config FILE`) < `WAYPOST_*`
+//! environment variables (`WAYPOST_SECTION__KEY`) < command-line flags. Unknown keys are
+//! errors wherever they come from, so a typo never silently falls back to a default.
+
+use std::{net::SocketAddr, path::PathBuf, str::FromStr, time::Duration};
+
+use serde::{Deserialize, Serialize};
+use waypost_core::{Error, ErrorCode, Result};
+use waypost_store::{DatabaseUrl, SqliteSync, StoreOptions};
+
+const DEFAULT_CONFIG_FILE: &str = "waypost.toml";
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Folder for the embedded SQLite database and other local state.
+    pub data_dir: PathBuf,
+    pub database: DatabaseConfig,
+    pub http: HttpConfig,
+    pub jobs: JobsConfig,
+    pub scheduler: SchedulerConfig,
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatabaseConfig {
+    /// Empty: SQLite in `data_dir`. Otherwise `postgres://…` or `sqlite://PATH`.
+    pub url: String,
+    pub max_connections: u32,
+    /// `full` or `normal`; see README.
+    pub sqlite_synchronous: String,
+    pub auto_migrate: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    pub enabled: bool,
+    pub listen: String,
+    pub shutdown_grace_secs: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct JobsConfig {
+    pub enabled: bool,
+    pub concurrency: u32,
+    pub poll_interval_ms: u64,
+    pub lease_secs: u64,
+    pub keep_done_hours: u64,
+    pub prune_every_secs: u64,
+    pub prune_offset_secs: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SchedulerConfig {
+    pub enabled: bool,
+    pub tick_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `text` or `json`.
+    pub format: String,
+    /// A tracing filter, e.g. `info` or `waypost=debug,sqlx=warn`.
+    pub level: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("./waypost-data"),
+            database: DatabaseConfig::default(),
+            http: HttpConfig::default(),
+            jobs: JobsConfig::default(),
+            scheduler: SchedulerConfig::default(),
+            log: LogConfig::default(),
+        }
+    }
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        Self {
+            url: String::new(),
+            max_connections: 10,
+            sqlite_synchronous: "full".into(),
+            auto_migrate: true,
+        }
+    }
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self { enabled: true, listen: "127.0.0.1:8080".into(), shutdown_grace_secs: 10 }
+    }
+}
+
+impl Default for JobsConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            concurrency: 8,
+            poll_interval_ms: 500,
+            lease_secs: 60,
+            keep_done_hours: 168,
+            prune_every_secs: 86_400,
+            prune_offset_secs: 3 * 3600,
+        }
+    }
+}
+
+impl Default for SchedulerConfig {
+    fn default() -> Self {
+        Self { enabled: true, tick_ms: 1000 }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self { format: "text".into(), level: "info".into() }
+    }
+}
+
+/// Environment variables with the `WAYPOST_` prefix that are not configuration keys.
+fn is_reserved_env(name: &str) -> bool {
+    name == "WAYPOST_CONFIG" || name.starts_with("WAYPOST_TEST_")
+}
+
+#[track_caller]
+fn invalid(message: impl Into<String>) -> Error {
+    Error::new(ErrorCode::InvalidConfig, message)
+}
+
+impl Config {
+    /// Defaults, then the file (`path`, or `./waypost.toml` if present), then the environment.
+    pub fn load(path: Option<&std::path::Path>) -> Result<Config> {
+        let env = std::env::vars().filter(|(k, _)| k.starts_with("WAYPOST_") && !is_reserved_env(k));
+        Self::load_from(path, env.collect())
+    }
+
+    pub fn load_from(
+        path: Option<&std::path::Path>,
+        env: config::Map<String, String>,
+    ) -> Result<Config> {
+        let mut builder = config::Config::builder();
+        let file = match path {
+            Some(path) if !path.exists() => {
+                return Err(invalid(format!("config file {} does not exist", path.display())));
+            }
+            Some(path) => Some(path.to_path_buf()),
+            None => Some(PathBuf::from(DEFAULT_CONFIG_FILE)).filter(|p| p.exists()),
+        };
+        if let Some(file) = &file {
+            builder = builder.add_source(
+                config::File::from(file.as_path()).format(config::FileFormat::Toml).required(true),
+            );
+        }
+        builder = builder.add_source(
+            config::Environment::with_prefix("WAYPOST")
+                .prefix_separator("_")
+                .separator("__")
+                .try_parsing(true)
+                .source(Some(env)),
+        );
+        let where_ = file.map_or_else(|| "environment".to_string(), |f| format!("{} or environment", f.display()));
+        let config: Config = builder
+            .build()
+            .and_then(config::Config::try_deserialize)
+            .map_err(|e| invalid(format!("invalid configuration ({where_}): {}", one_line(&e.to_string()))))?;
+        Ok(config)
+    }
+
+    /// Checks values that parse but make no sense.
+    pub fn validate(&self) -> Result<()> {
+        self.listen_addr()?;
+        self.database_url()?;
+        self.sqlite_sync()?;
+        if !matches!(self.log.format.as_str(), "text" | "json") {
+            return Err(invalid(format!("log.format must be text or json, not {:?}", self.log.format)));
+        }
+        if self.jobs.concurrency == 0 || self.database.max_connections == 0 {
+            return Err(invalid("jobs.concurrency and database.max_connections must be at least 1"));
+        }
+        if self.jobs.lease_secs < 3 || self.jobs.prune_every_secs == 0 || self.scheduler.tick_ms == 0 {
+            return Err(invalid(
+                "jobs.lease_secs must be at least 3; jobs.prune_every_secs and scheduler.tick_ms at least 1",
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn listen_addr(&self) -> Result<SocketAddr> {
+        SocketAddr::from_str(self.http.listen.trim()).map_err(|_| {
+            invalid(format!("http.listen must be ADDRESS:PORT (e.g. 127.0.0.1:8080), not {:?}", self.http.listen))
+        })
+    }
+
+    pub fn database_url(&self) -> Result<DatabaseUrl> {
+        if self.database.url.trim().is_empty() {
+            Ok(DatabaseUrl::sqlite(self.data_dir.join("waypost.db")))
+        } else {
+            self.database.url.parse()
+        }
+    }
+
+    fn sqlite_sync(&self) -> Result<SqliteSync> {
+        match self.database.sqlite_synchronous.as_str() {
+            "full" => Ok(SqliteSync::Full),
+            "normal" => Ok(SqliteSync::Normal),
+            other => Err(invalid(format!("database.sqlite_synchronous must be full or normal, not {other:?}"))),
+        }
+    }
+
+    pub fn store_options(&self) -> Result<StoreOptions> {
+        Ok(StoreOptions {
+            max_connections: self.database.max_connections,
+            sqlite_synchronous: self.sqlite_sync()?,
+            migrate: self.database.auto_migrate,
+            ..StoreOptions::default()
+        })
+    }
+
+    pub fn worker(&self) -> waypost_jobs::WorkerConfig {
+        waypost_jobs::WorkerConfig {
+            concurrency: usize::try_from(self.jobs.concurrency).unwrap_or(1),
+            poll_interval: Duration::from_millis(self.jobs.poll_interval_ms),
+            lease: Duration::from_secs(self.jobs.lease_secs),
+            shutdown_grace: Duration::from_secs(self.http.shutdown_grace_secs),
+            ..waypost_jobs::WorkerConfig::default()
+        }
+    }
+
+    /// The effective configuration as TOML, with any password in the database URL masked.
+    pub fn masked(&self) -> Config {
+        let mut masked = self.clone();
+        if let Ok(url) = self.database_url()
+            && !self.database.url.is_empty()
+        {
+            masked.database.url = url.to_string();
+        }
+        masked
+    }
+}
+
+fn one_line(text: &str) -> String {
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The example file committed at the repository root.
+    const EXAMPLE_CONFIG: &str = include_str!("../../../waypost.example.toml");
+
+    fn env(pairs: &[(&str, &str)]) -> config::Map<String, String> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    fn keys(value: &toml::Value, prefix: &str, out: &mut Vec<String>) {
+        if let toml::Value::Table(table) = value {
+            for (k, v) in table {
+                let path = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+                out.push(path.clone());
+                keys(v, &path, out);
+            }
+        }
+    }
+
+    #[test]
+    fn the_committed_example_equals_the_defaults_key_for_key() {
+        let parsed: Config = toml::from_str(EXAMPLE_CONFIG).unwrap();
+        assert_eq!(parsed, Config::default(), "waypost.example.toml drifted from the defaults");
+        let (mut documented, mut defaults) = (Vec::new(), Vec::new());
+        keys(&toml::from_str(EXAMPLE_CONFIG).unwrap(), "", &mut documented);
+        keys(&toml::Value::try_from(Config::default()).unwrap(), "", &mut defaults);
+        documented.sort();
+        defaults.sort();
+        assert_eq!(documented, defaults, "every key must appear in waypost.example.toml");
+        Config::default().validate().unwrap();
+    }
+
+    #[test]
+    fn environment_overrides_and_unknown_keys_fail() {
+        let config = Config::load_from(
+            None,
+            env(&[("WAYPOST_HTTP__LISTEN", "0.0.0.0:9000"), ("WAYPOST_JOBS__CONCURRENCY", "3")]),
+        )
+        .unwrap();
+        assert_eq!(config.http.listen, "0.0.0.0:9000");
+        assert_eq!(config.jobs.concurrency, 3);
+        let err = Config::load_from(None, env(&[("WAYPOST_HTTP__LISTN", "x")])).unwrap_err();
+        assert_eq!(err.code(), ErrorCode::InvalidConfig);
+        assert!(err.to_string().contains("listn"), "{err}");
+        assert!(!err.to_string().contains('\n'));
+    }
+
+    #[test]
+    fn a_file_layer_sits_between_defaults_and_environment() {
+        let dir = std::env::temp_dir().join(format!("waypost-cfg-{}", uuid::Uuid::now_v7()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("w.toml");
+        std::fs::write(&file, "[http]\nlisten = \"127.0.0.1:7000\"\n[jobs]\nlease_secs = 9\n").unwrap();
+        let config = Config::load_from(Some(&file), env(&[("WAYPOST_JOBS__LEASE_SECS", "12")])).unwrap();
+        assert_eq!((config.http.listen.as_str(), config.jobs.lease_secs), ("127.0.0.1:7000", 12));
+        std::fs::write(&file, "[http]\nlistne = 1\n").unwrap();
+        assert!(Config::load_from(Some(&file), env(&[])).is_err());
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn validation_names_the_bad_value() {
+        let mut config = Config::default();
+        config.http.listen = "localhost".into();
+        assert!(config.validate().unwrap_err().to_string().contains("http.listen"));
+        let mut config = Config::default();
+        config.database.url = "postgress://x@y/z".into();
+        assert_eq!(config.validate().unwrap_err().code(), ErrorCode::InvalidConfig);
+    }
+
+    #[test]
+    fn masked_config_hides_the_database_password() {
+        let mut config = Config::default();
+        config.database.url = "postgres://waypost:hunter2@db:5432/waypost".into();
+        let shown = toml::to_string(&config.masked()).unwrap();
+        assert!(!shown.contains("hunter2") && shown.contains("***"), "{shown}");
+    }
+}

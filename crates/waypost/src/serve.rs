@@ -1,0 +1,142 @@
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use waypost_api::{AppState, ApiKeySecret};
+use waypost_core::{Error, ErrorCode, Result, Role};
+use waypost_jobs::{Registry, Scheduler, Worker, prune_schedule};
+use waypost_store::{NewApiKey, Store};
+
+use crate::{commands::open_store, config::Config};
+
+pub async fn run(config: Config) -> Result<()> {
+    if !config.http.enabled && !config.jobs.enabled && !config.scheduler.enabled {
+        return Err(Error::new(
+            ErrorCode::InvalidConfig,
+            "--no-http, --no-workers and --no-scheduler together leave nothing to run",
+        ));
+    }
+    // Bind first: a port in use should fail before anything touches the database.
+    let listener = if config.http.enabled {
+        let addr = config.listen_addr()?;
+        let listener = TcpListener::bind(addr).await.map_err(|e| {
+            Error::new(ErrorCode::InvalidConfig, format!("cannot listen on {addr}: {e}"))
+        })?;
+        Some(listener)
+    } else {
+        None
+    };
+
+    let store = open_store(&config).await?;
+    bootstrap(&store).await?;
+
+    let shutdown = CancellationToken::new();
+    tokio::spawn(wait_for_signal(shutdown.clone()));
+    let mut tasks = tokio::task::JoinSet::new();
+
+    let worker = config.jobs.enabled.then(|| {
+        let keep = Duration::from_secs(config.jobs.keep_done_hours * 3600);
+        Worker::new(store.clone(), Registry::with_builtins(keep), config.worker())
+    });
+    let worker_wake = worker.as_ref().map(Worker::waker);
+    if let Some(worker) = worker {
+        tasks.spawn(worker.run(shutdown.clone()));
+    }
+    if config.scheduler.enabled {
+        let schedules = vec![prune_schedule(
+            Duration::from_secs(config.jobs.prune_every_secs),
+            Duration::from_secs(config.jobs.prune_offset_secs),
+        )];
+        let scheduler = Scheduler::new(store.clone(), schedules, Duration::from_millis(config.scheduler.tick_ms));
+        let token = shutdown.clone();
+        tasks.spawn(async move {
+            scheduler.run(token).await;
+            Ok(())
+        });
+    }
+    if let Some(listener) = listener {
+        let addr = listener.local_addr().map_err(|e| Error::internal("reading the bound address", e))?;
+        let state = AppState { store: store.clone(), metrics: waypost_api::install_recorder(), worker_wake };
+        println!("Waypost listening on http://{addr} (database: {})", store.url());
+        let token = shutdown.clone();
+        tasks.spawn(async move {
+            waypost_api::serve(listener, state, token)
+                .await
+                .map_err(|e| Error::internal("serving HTTP", e))
+        });
+    } else {
+        println!("Waypost running without HTTP (database: {})", store.url());
+    }
+    tracing::info!(
+        http = config.http.enabled,
+        workers = config.jobs.enabled,
+        scheduler = config.scheduler.enabled,
+        "started"
+    );
+
+    let mut result = Ok(());
+    while let Some(joined) = tasks.join_next().await {
+        let outcome = joined.map_err(|e| Error::internal("a server task panicked", e)).and_then(|r| r);
+        if let Err(err) = outcome {
+            tracing::error!(error = %err, "server task failed; shutting down");
+            shutdown.cancel();
+            result = Err(err);
+        }
+    }
+    store.close().await;
+    tracing::info!("stopped");
+    result
+}
+
+/// On the very first start against an empty database, creates a tenant and an owner API key
+/// and prints the key once. Exactly one process ever does this, however many start together.
+async fn bootstrap(store: &Store) -> Result<()> {
+    let mut tx = store.platform().await?;
+    if !tx.claim_first_run().await? {
+        return tx.rollback().await;
+    }
+    if !tx.list_tenants().await?.is_empty() {
+        // Tenants were created by the CLI before the first serve: nothing to bootstrap.
+        return tx.commit().await;
+    }
+    let tenant = tx.create_tenant("Default").await?;
+    let secret = ApiKeySecret::generate(tenant.id)?;
+    let mut tx = tx.enter_tenant(tenant.id).await?;
+    tx.create_api_key(NewApiKey {
+        prefix: secret.prefix,
+        secret_hash: secret.secret_hash,
+        name: "bootstrap".into(),
+        role: Role::Owner,
+        expires_at: None,
+    })
+    .await?;
+    tx.commit().await?;
+    println!("First run: created tenant \"Default\" ({}) with this owner API key:", tenant.id);
+    println!("  {}", secret.token);
+    println!("It is shown only this once; keep it somewhere safe.");
+    Ok(())
+}
+
+async fn wait_for_signal(shutdown: CancellationToken) {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        () = terminate => {}
+    }
+    tracing::info!("shutting down: no new requests or jobs; finishing what is in flight");
+    shutdown.cancel();
+}
