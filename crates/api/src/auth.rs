@@ -32,7 +32,11 @@ impl ApiKeySecret {
         let mut body = tenant.as_uuid().as_bytes().to_vec();
         body.extend_from_slice(&secret);
         let token = format!("{prefix}_{}", URL_SAFE_NO_PAD.encode(&body));
-        Ok(Self { token, prefix, secret_hash: Sha256::digest(secret).to_vec() })
+        Ok(Self {
+            token,
+            prefix,
+            secret_hash: Sha256::digest(secret).to_vec(),
+        })
     }
 
     /// Splits a presented key into `(tenant, prefix, sha256(secret))`.
@@ -67,7 +71,10 @@ impl Auth {
         } else {
             Err(ApiError(Error::new(
                 ErrorCode::Forbidden,
-                format!("the {} role cannot do this; an owner or admin key is required", self.role),
+                format!(
+                    "the {} role cannot do this; an owner or admin key is required",
+                    self.role
+                ),
             )))
         }
     }
@@ -122,7 +129,11 @@ impl FromRequestParts<AppState> for Auth {
                 tracing::warn!(error = %err, "recording API key use failed");
             }
         }
-        Ok(Auth { tenant, key_id: key.id, role: key.role })
+        Ok(Auth {
+            tenant,
+            key_id: key.id,
+            role: key.role,
+        })
     }
 }
 
@@ -136,7 +147,10 @@ mod tests {
         let key = ApiKeySecret::generate(tenant).unwrap();
         assert!(key.token.starts_with(&key.prefix));
         let (t, prefix, hash) = ApiKeySecret::parse(&key.token).unwrap();
-        assert_eq!((t, prefix, hash), (tenant, key.prefix.clone(), key.secret_hash.clone()));
+        assert_eq!(
+            (t, prefix, hash),
+            (tenant, key.prefix.clone(), key.secret_hash.clone())
+        );
         assert!(key.token.len() >= 80);
     }
 
@@ -144,7 +158,13 @@ mod tests {
     fn malformed_keys_are_rejected() {
         let key = ApiKeySecret::generate(TenantId::new()).unwrap().token;
         let truncated = &key[..key.len() - 2];
-        for bad in ["", "wp_", "wp_zz_abc", "xx_0123456789abcdef_AAAA", truncated] {
+        for bad in [
+            "",
+            "wp_",
+            "wp_zz_abc",
+            "xx_0123456789abcdef_AAAA",
+            truncated,
+        ] {
             assert!(ApiKeySecret::parse(bad).is_none(), "{bad}");
         }
     }

@@ -9,8 +9,9 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use waypost_core::Timestamp;
 use waypost_store::Store;
 
-const LATENCY_BUCKETS: &[f64] =
-    &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+const LATENCY_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
 
 /// Installs the process-wide Prometheus recorder (once; later calls return the same handle).
 pub fn install_recorder() -> PrometheusHandle {
@@ -57,27 +58,53 @@ pub async fn render(handle: &PrometheusHandle, store: &Store) -> String {
     match store.queue_stats().await {
         Ok(stats) => {
             let now = Timestamp::now().as_millis();
-            let _ = writeln!(text, "# HELP waypost_jobs Jobs in the queue by kind and state.");
+            let _ = writeln!(
+                text,
+                "# HELP waypost_jobs Jobs in the queue by kind and state."
+            );
             let _ = writeln!(text, "# TYPE waypost_jobs gauge");
             for s in &stats {
-                let _ = writeln!(text, "waypost_jobs{{kind=\"{}\",state=\"{}\"}} {}", escape(&s.kind), s.state, s.count);
+                let _ = writeln!(
+                    text,
+                    "waypost_jobs{{kind=\"{}\",state=\"{}\"}} {}",
+                    escape(&s.kind),
+                    s.state,
+                    s.count
+                );
             }
-            let _ = writeln!(text, "# HELP waypost_jobs_oldest_age_seconds Age of the oldest job by kind and state.");
+            let _ = writeln!(
+                text,
+                "# HELP waypost_jobs_oldest_age_seconds Age of the oldest job by kind and state."
+            );
             let _ = writeln!(text, "# TYPE waypost_jobs_oldest_age_seconds gauge");
             for s in &stats {
                 let age = (now - s.oldest_created_at.as_millis()).max(0) as f64 / 1000.0;
-                let _ = writeln!(text, "waypost_jobs_oldest_age_seconds{{kind=\"{}\",state=\"{}\"}} {age}", escape(&s.kind), s.state);
+                let _ = writeln!(
+                    text,
+                    "waypost_jobs_oldest_age_seconds{{kind=\"{}\",state=\"{}\"}} {age}",
+                    escape(&s.kind),
+                    s.state
+                );
             }
-            let _ = writeln!(text, "# TYPE waypost_database_up gauge\nwaypost_database_up 1");
+            let _ = writeln!(
+                text,
+                "# TYPE waypost_database_up gauge\nwaypost_database_up 1"
+            );
         }
         Err(err) => {
             tracing::warn!(error = %err, "reading queue statistics failed");
-            let _ = writeln!(text, "# TYPE waypost_database_up gauge\nwaypost_database_up 0");
+            let _ = writeln!(
+                text,
+                "# TYPE waypost_database_up gauge\nwaypost_database_up 0"
+            );
         }
     }
     text
 }
 
 fn escape(label: &str) -> String {
-    label.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+    label
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }

@@ -38,8 +38,8 @@ impl IntoResponse for ApiError {
         if code == ErrorCode::Internal {
             tracing::error!(error = %self.0, location = %self.0.location(), "request failed");
         }
-        let status = StatusCode::from_u16(code.http_status())
-            .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let status =
+            StatusCode::from_u16(code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let problem = Problem {
             kind: format!("urn:waypost:problem:{}", code.as_str()),
             title: code.title(),
@@ -48,11 +48,14 @@ impl IntoResponse for ApiError {
             code: code.as_str(),
         };
         let mut response = (status, Json(problem)).into_response();
-        response
-            .headers_mut()
-            .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
         if code == ErrorCode::Unauthorized {
-            response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
         response
     }
@@ -101,5 +104,8 @@ pub async fn not_found() -> ApiError {
 }
 
 pub async fn method_not_allowed() -> ApiError {
-    ApiError(Error::new(ErrorCode::MethodNotAllowed, "method not allowed on this route"))
+    ApiError(Error::new(
+        ErrorCode::MethodNotAllowed,
+        "method not allowed on this route",
+    ))
 }

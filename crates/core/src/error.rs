@@ -121,7 +121,12 @@ pub struct Error {
 impl Error {
     #[track_caller]
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        Self { code, message: message.into(), source: None, location: Location::caller() }
+        Self {
+            code,
+            message: message.into(),
+            source: None,
+            location: Location::caller(),
+        }
     }
 
     /// An unexpected failure; `context` says what was being done, `source` why it failed.
@@ -187,7 +192,10 @@ impl fmt::Display for Error {
     /// One line: the message, then the cause chain. Used by the CLI and by logs.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.message)?;
-        let mut cause = self.source.as_deref().map(|s| s as &(dyn std::error::Error + 'static));
+        let mut cause = self
+            .source
+            .as_deref()
+            .map(|s| s as &(dyn std::error::Error + 'static));
         while let Some(err) = cause {
             write!(f, ": {err}")?;
             cause = err.source();
@@ -204,7 +212,9 @@ impl fmt::Debug for Error {
 
 impl std::error::Error for Error {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        self.source.as_deref().map(|s| s as &(dyn std::error::Error + 'static))
+        self.source
+            .as_deref()
+            .map(|s| s as &(dyn std::error::Error + 'static))
     }
 }
 
@@ -219,7 +229,11 @@ mod tests {
             assert!(seen.insert(code.as_str()), "duplicate code {code}");
             let json = serde_json::to_string(code).unwrap();
             assert_eq!(json, format!("\"{}\"", code.as_str()));
-            assert!(code.as_str().chars().all(|c| c.is_ascii_lowercase() || c == '_'));
+            assert!(
+                code.as_str()
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c == '_')
+            );
         }
     }
 

@@ -75,7 +75,10 @@ impl<T> Page<T> {
         } else {
             None
         };
-        Self { data: rows, next_cursor }
+        Self {
+            data: rows,
+            next_cursor,
+        }
     }
 }
 
@@ -86,9 +89,18 @@ mod tests {
     #[test]
     fn cursor_round_trips_and_rejects_garbage() {
         let id = Uuid::now_v7();
-        assert_eq!(Cursor::decode(&Cursor::after(id).encode()).unwrap().id(), id);
-        assert_eq!(Cursor::decode("!!").unwrap_err().code(), ErrorCode::InvalidRequest);
-        assert_eq!(Cursor::decode("AAAA").unwrap_err().code(), ErrorCode::InvalidRequest);
+        assert_eq!(
+            Cursor::decode(&Cursor::after(id).encode()).unwrap().id(),
+            id
+        );
+        assert_eq!(
+            Cursor::decode("!!").unwrap_err().code(),
+            ErrorCode::InvalidRequest
+        );
+        assert_eq!(
+            Cursor::decode("AAAA").unwrap_err().code(),
+            ErrorCode::InvalidRequest
+        );
     }
 
     #[test]
@@ -96,16 +108,27 @@ mod tests {
         let ids: Vec<Uuid> = (0..3).map(|_| Uuid::now_v7()).collect();
         let page = Page::from_rows(ids.clone(), 2, |u| *u);
         assert_eq!(page.data.len(), 2);
-        assert_eq!(Cursor::decode(page.next_cursor.as_deref().unwrap()).unwrap().id(), ids[1]);
+        assert_eq!(
+            Cursor::decode(page.next_cursor.as_deref().unwrap())
+                .unwrap()
+                .id(),
+            ids[1]
+        );
         let last = Page::from_rows(ids, 3, |u| *u);
         assert!(last.next_cursor.is_none());
     }
 
     #[test]
     fn limits_are_bounded() {
-        let req = PageRequest { limit: Some(0), cursor: None };
+        let req = PageRequest {
+            limit: Some(0),
+            cursor: None,
+        };
         assert_eq!(req.parse().unwrap_err().code(), ErrorCode::ValidationFailed);
-        let req = PageRequest { limit: Some(201), cursor: None };
+        let req = PageRequest {
+            limit: Some(201),
+            cursor: None,
+        };
         assert!(req.parse().is_err());
     }
 }

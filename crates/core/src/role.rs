@@ -18,8 +18,13 @@ pub enum Role {
 }
 
 impl Role {
-    pub const ALL: &'static [Role] =
-        &[Role::Owner, Role::Admin, Role::Agent, Role::Analyst, Role::Viewer];
+    pub const ALL: &'static [Role] = &[
+        Role::Owner,
+        Role::Admin,
+        Role::Agent,
+        Role::Analyst,
+        Role::Viewer,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -46,12 +51,18 @@ impl fmt::Display for Role {
 impl FromStr for Role {
     type Err = Error;
     fn from_str(s: &str) -> Result<Self, Error> {
-        Role::ALL.iter().copied().find(|r| r.as_str() == s).ok_or_else(|| {
-            Error::new(
-                ErrorCode::ValidationFailed,
-                format!("unknown role {s:?}; expected one of owner, admin, agent, analyst, viewer"),
-            )
-        })
+        Role::ALL
+            .iter()
+            .copied()
+            .find(|r| r.as_str() == s)
+            .ok_or_else(|| {
+                Error::new(
+                    ErrorCode::ValidationFailed,
+                    format!(
+                        "unknown role {s:?}; expected one of owner, admin, agent, analyst, viewer"
+                    ),
+                )
+            })
     }
 }
 

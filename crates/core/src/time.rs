@@ -14,7 +14,9 @@ pub struct Timestamp(i64);
 
 impl Timestamp {
     pub fn now() -> Self {
-        let millis = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis());
+        let millis = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis());
         Self(i64::try_from(millis).unwrap_or(i64::MAX))
     }
 
@@ -26,12 +28,12 @@ impl Timestamp {
         self.0
     }
 
-    pub fn add(self, duration: Duration) -> Self {
+    pub fn plus(self, duration: Duration) -> Self {
         let millis = i64::try_from(duration.as_millis()).unwrap_or(i64::MAX);
         Self(self.0.saturating_add(millis))
     }
 
-    pub fn sub(self, duration: Duration) -> Self {
+    pub fn minus(self, duration: Duration) -> Self {
         let millis = i64::try_from(duration.as_millis()).unwrap_or(i64::MAX);
         Self(self.0.saturating_sub(millis))
     }
@@ -77,6 +79,9 @@ mod tests {
     #[test]
     fn formats_rfc3339_in_utc() {
         assert_eq!(Timestamp::from_millis(0).rfc3339(), "1970-01-01T00:00:00Z");
-        assert_eq!(Timestamp::from_millis(1_500).rfc3339(), "1970-01-01T00:00:01.5Z");
+        assert_eq!(
+            Timestamp::from_millis(1_500).rfc3339(),
+            "1970-01-01T00:00:01.5Z"
+        );
     }
 }

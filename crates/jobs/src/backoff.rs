@@ -11,7 +11,10 @@ pub struct Backoff {
 
 impl Default for Backoff {
     fn default() -> Self {
-        Self { base: Duration::from_secs(1), max: Duration::from_secs(3600) }
+        Self {
+            base: Duration::from_secs(1),
+            max: Duration::from_secs(3600),
+        }
     }
 }
 
@@ -41,12 +44,18 @@ mod tests {
 
     #[test]
     fn delays_grow_exponentially_within_jitter_and_cap() {
-        let backoff = Backoff { base: Duration::from_secs(1), max: Duration::from_secs(60) };
+        let backoff = Backoff {
+            base: Duration::from_secs(1),
+            max: Duration::from_secs(60),
+        };
         for attempt in 1..=40 {
             let nominal = (1u64 << (attempt - 1).min(31)).min(60) as f64;
             for _ in 0..50 {
                 let d = backoff.delay(attempt).as_secs_f64();
-                assert!(d >= nominal * 0.8 - 1e-9 && d < nominal * 1.2, "{attempt}: {d}");
+                assert!(
+                    d >= nominal * 0.8 - 1e-9 && d < nominal * 1.2,
+                    "{attempt}: {d}"
+                );
             }
         }
     }

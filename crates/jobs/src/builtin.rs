@@ -20,7 +20,10 @@ pub struct PruneDoneJobs {
 #[async_trait]
 impl Handler for PruneDoneJobs {
     async fn run(&self, ctx: &JobContext) -> Result<(), JobError> {
-        let pruned = ctx.store().prune_done_jobs(Timestamp::now().sub(self.keep)).await?;
+        let pruned = ctx
+            .store()
+            .prune_done_jobs(Timestamp::now().minus(self.keep))
+            .await?;
         tracing::info!(pruned, "pruned finished jobs");
         Ok(())
     }
@@ -52,14 +55,24 @@ pub fn prune_schedule(every: Duration, offset: Duration) -> Recurring {
     fn job() -> Result<NewJob, Error> {
         NewJob::new(PRUNE_JOBS_KIND, serde_json::json!({}))
     }
-    Recurring { name: PRUNE_JOBS_KIND.to_string(), every, offset, job }
+    Recurring {
+        name: PRUNE_JOBS_KIND.to_string(),
+        every,
+        offset,
+        job,
+    }
 }
 
 impl Registry {
     /// The handlers every Waypost process runs.
     pub fn with_builtins(keep_done_jobs: Duration) -> Self {
         Registry::new()
-            .register(PRUNE_JOBS_KIND, PruneDoneJobs { keep: keep_done_jobs })
+            .register(
+                PRUNE_JOBS_KIND,
+                PruneDoneJobs {
+                    keep: keep_done_jobs,
+                },
+            )
             .register(PROBE_JOB_KIND, RecordProbe)
     }
 }

@@ -43,7 +43,12 @@ pub struct JobContext {
 
 impl JobContext {
     pub(crate) fn new(store: Store, job: ClaimedJob, worker_id: Arc<str>) -> Self {
-        Self { store, job, worker_id, completed: AtomicBool::new(false) }
+        Self {
+            store,
+            job,
+            worker_id,
+            completed: AtomicBool::new(false),
+        }
     }
 
     pub fn job(&self) -> &ClaimedJob {

@@ -17,7 +17,9 @@ pub struct Recurring {
 impl Recurring {
     /// Start of the period `now` falls in.
     pub fn period_start(&self, now: Timestamp) -> Timestamp {
-        let every = i64::try_from(self.every.as_millis()).unwrap_or(i64::MAX).max(1);
+        let every = i64::try_from(self.every.as_millis())
+            .unwrap_or(i64::MAX)
+            .max(1);
         let offset = i64::try_from(self.offset.as_millis()).unwrap_or(0) % every;
         let since = now.as_millis() - offset;
         Timestamp::from_millis(since.div_euclid(every) * every + offset)
@@ -34,7 +36,11 @@ pub struct Scheduler {
 
 impl Scheduler {
     pub fn new(store: Store, schedules: Vec<Recurring>, tick: Duration) -> Self {
-        Self { store, schedules, tick }
+        Self {
+            store,
+            schedules,
+            tick,
+        }
     }
 
     /// Fires every schedule whose current period has not fired yet; returns how many fired.
@@ -52,7 +58,9 @@ impl Scheduler {
                     tracing::info!(schedule = %schedule.name, %job, period = %period, "recurring job enqueued");
                 }
                 Ok(None) => {}
-                Err(err) => tracing::warn!(schedule = %schedule.name, error = %err, "firing recurring job failed"),
+                Err(err) => {
+                    tracing::warn!(schedule = %schedule.name, error = %err, "firing recurring job failed")
+                }
             }
         }
         fired
@@ -90,7 +98,7 @@ mod tests {
         let now = Timestamp::from_millis(1_795_226_400_000);
         let start = nightly.period_start(now);
         assert_eq!(start.rfc3339(), "2026-11-20T03:00:00Z");
-        let later = nightly.period_start(now.add(Duration::from_secs(3600)));
+        let later = nightly.period_start(now.plus(Duration::from_secs(3600)));
         assert_eq!(later.rfc3339(), "2026-11-21T03:00:00Z");
     }
 
@@ -98,8 +106,14 @@ mod tests {
     fn every_instant_in_a_period_maps_to_its_start() {
         let r = recurring(10, 3);
         for ms in [3_000, 5_000, 12_999] {
-            assert_eq!(r.period_start(Timestamp::from_millis(ms)).as_millis(), 3_000);
+            assert_eq!(
+                r.period_start(Timestamp::from_millis(ms)).as_millis(),
+                3_000
+            );
         }
-        assert_eq!(r.period_start(Timestamp::from_millis(13_000)).as_millis(), 13_000);
+        assert_eq!(
+            r.period_start(Timestamp::from_millis(13_000)).as_millis(),
+            13_000
+        );
     }
 }

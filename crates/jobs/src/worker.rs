@@ -43,7 +43,11 @@ pub fn worker_id() -> String {
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| "waypost".to_string());
     let nonce = uuid::Uuid::now_v7().simple().to_string();
-    format!("{host}-{}-{}", std::process::id(), &nonce[nonce.len() - 6..])
+    format!(
+        "{host}-{}-{}",
+        std::process::id(),
+        &nonce[nonce.len() - 6..]
+    )
 }
 
 /// Leases due jobs and runs them, up to `concurrency` at a time.
@@ -61,7 +65,13 @@ impl Worker {
     }
 
     pub fn with_id(store: Store, registry: Registry, config: WorkerConfig, id: String) -> Self {
-        Self { store, registry, config, id: id.into(), wake: Arc::new(Notify::new()) }
+        Self {
+            store,
+            registry,
+            config,
+            id: id.into(),
+            wake: Arc::new(Notify::new()),
+        }
     }
 
     pub fn id(&self) -> &str {
@@ -93,7 +103,10 @@ impl Worker {
             let mut claimed = 0;
             if free > 0 {
                 let limit = u32::try_from(free).unwrap_or(u32::MAX);
-                match self.store.claim_jobs(&self.id, limit, self.config.lease, Timestamp::now()).await
+                match self
+                    .store
+                    .claim_jobs(&self.id, limit, self.config.lease, Timestamp::now())
+                    .await
                 {
                     Ok(jobs) => {
                         claimed = jobs.len();
@@ -126,7 +139,7 @@ impl Worker {
     }
 
     async fn heartbeat(&self) {
-        let until = Timestamp::now().add(self.config.lease);
+        let until = Timestamp::now().plus(self.config.lease);
         if let Err(err) = self.store.extend_leases(&self.id, until).await {
             tracing::warn!(error = %err, "extending job leases failed");
         }
@@ -152,7 +165,9 @@ impl Worker {
         match self.store.release_jobs(&self.id).await {
             Ok(0) => {}
             Ok(released) => tracing::info!(released, "handed unfinished jobs back to the queue"),
-            Err(err) => tracing::warn!(error = %err, "releasing leased jobs failed; they return when their leases expire"),
+            Err(err) => {
+                tracing::warn!(error = %err, "releasing leased jobs failed; they return when their leases expire")
+            }
         }
         tracing::info!(worker = %self.id, "job worker stopped");
     }
@@ -189,7 +204,9 @@ impl Worker {
                     metrics::counter!("waypost_jobs_total", "kind" => kind, "outcome" => outcome)
                         .increment(1);
                 }
-                Err(err) => tracing::warn!(job = %job.id, kind, error = %err, "recording job outcome failed"),
+                Err(err) => {
+                    tracing::warn!(job = %job.id, kind, error = %err, "recording job outcome failed")
+                }
             }
         }
     }
@@ -218,7 +235,7 @@ async fn fail(
 ) -> Result<&'static str, Error> {
     let (message, retry_at) = match err {
         JobError::Retry(msg) if job.attempts < job.max_attempts => {
-            let at = Timestamp::now().add(backoff.delay(job.attempts));
+            let at = Timestamp::now().plus(backoff.delay(job.attempts));
             (msg, Some(at))
         }
         JobError::RetryAt(at, msg) if job.attempts < job.max_attempts => (msg, Some(at)),

@@ -128,7 +128,10 @@ impl Tx<Tenant> {
     }
 
     /// The key with this prefix, with its secret hash, revoked or not.
-    pub async fn find_api_key_by_prefix(&mut self, prefix: &str) -> Result<Option<ApiKeyWithSecret>> {
+    pub async fn find_api_key_by_prefix(
+        &mut self,
+        prefix: &str,
+    ) -> Result<Option<ApiKeyWithSecret>> {
         let tenant = self.tenant();
         let row = on_conn!(&mut self.conn, |c| {
             sqlx::query_as::<_, ApiKeyRow>(concat!(
@@ -164,7 +167,11 @@ impl Tx<Tenant> {
     }
 
     /// Keys in creation order, `limit` per page.
-    pub async fn list_api_keys(&mut self, limit: u32, after: Option<Cursor>) -> Result<Page<ApiKey>> {
+    pub async fn list_api_keys(
+        &mut self,
+        limit: u32,
+        after: Option<Cursor>,
+    ) -> Result<Page<ApiKey>> {
         let tenant = self.tenant();
         let after = after.map_or(Uuid::nil(), Cursor::id);
         let rows = on_conn!(&mut self.conn, |c| {
@@ -191,7 +198,10 @@ impl Tx<Tenant> {
     pub async fn revoke_api_key(&mut self, id: ApiKeyId) -> Result<ApiKey> {
         let current = self.get_api_key(id).await?;
         if current.revoked_at.is_some() {
-            return Err(Error::new(ErrorCode::Conflict, "API key is already revoked"));
+            return Err(Error::new(
+                ErrorCode::Conflict,
+                "API key is already revoked",
+            ));
         }
         let tenant = self.tenant();
         let now = Timestamp::now();
@@ -208,7 +218,10 @@ impl Tx<Tenant> {
             .map(|r| r.rows_affected())
         })
         .map_err(db_error)?;
-        Ok(ApiKey { revoked_at: Some(now), ..current })
+        Ok(ApiKey {
+            revoked_at: Some(now),
+            ..current
+        })
     }
 
     /// Records use of a key, at most once per minute. Returns whether a row was written.

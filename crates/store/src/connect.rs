@@ -37,7 +37,10 @@ impl Engine {
             Engine::Sqlite => &SQLITE_MIGRATOR,
             Engine::Postgres => &POSTGRES_MIGRATOR,
         };
-        migrator.iter().map(|m| (m.version, m.description.to_string())).collect()
+        migrator
+            .iter()
+            .map(|m| (m.version, m.description.to_string()))
+            .collect()
     }
 }
 
@@ -69,7 +72,10 @@ impl FromStr for DatabaseUrl {
     fn from_str(raw: &str) -> Result<Self> {
         let raw = raw.trim();
         let invalid = |why: &str| {
-            Error::new(ErrorCode::InvalidConfig, format!("invalid database URL: {why}"))
+            Error::new(
+                ErrorCode::InvalidConfig,
+                format!("invalid database URL: {why}"),
+            )
         };
         let Some((scheme, rest)) = raw.split_once(':') else {
             return Err(invalid("expected postgres://… or sqlite://…"));
@@ -82,13 +88,18 @@ impl FromStr for DatabaseUrl {
                 }
                 let options =
                     PgConnectOptions::from_str(raw).map_err(|e| invalid(&e.to_string()))?;
-                Ok(DatabaseUrl::Postgres(Box::new(options), mask_password(&parsed)))
+                Ok(DatabaseUrl::Postgres(
+                    Box::new(options),
+                    mask_password(&parsed),
+                ))
             }
             "sqlite" => {
                 let path = rest.trim_start_matches("//");
                 let path = path.split('?').next().unwrap_or_default();
                 if path.is_empty() || path == ":memory:" {
-                    return Err(invalid("a SQLite URL needs a file path, e.g. sqlite://./data.db"));
+                    return Err(invalid(
+                        "a SQLite URL needs a file path, e.g. sqlite://./data.db",
+                    ));
                 }
                 Ok(DatabaseUrl::Sqlite(PathBuf::from(path)))
             }
@@ -157,8 +168,13 @@ impl Default for StoreOptions {
 enum Backend {
     /// One writer connection (SQLite has one writer anyway; waiting in our pool is cheaper
     /// than SQLITE_BUSY retries) and a pool of read-only readers, which WAL lets run freely.
-    Sqlite { write: SqlitePool, read: SqlitePool },
-    Postgres { pool: PgPool },
+    Sqlite {
+        write: SqlitePool,
+        read: SqlitePool,
+    },
+    Postgres {
+        pool: PgPool,
+    },
 }
 
 /// A handle on the database, cheap to clone.
@@ -216,7 +232,10 @@ impl Store {
                     .connect_with((**pg).clone())
                     .await
                     .map_err(|e| connect_error(url, e))?;
-                Store { backend: Backend::Postgres { pool }, url: url.clone() }
+                Store {
+                    backend: Backend::Postgres { pool },
+                    url: url.clone(),
+                }
             }
         };
         Ok(store)
@@ -250,7 +269,10 @@ impl Store {
             .await
             .map_err(|e| connect_error(&url, e))?;
         if options.migrate {
-            SQLITE_MIGRATOR.run(&write).await.map_err(|e| migrate_error(&url, e))?;
+            SQLITE_MIGRATOR
+                .run(&write)
+                .await
+                .map_err(|e| migrate_error(&url, e))?;
         }
         let read = SqlitePoolOptions::new()
             .max_connections(options.max_connections.max(1))
@@ -258,21 +280,26 @@ impl Store {
             .connect_with(base.read_only(true))
             .await
             .map_err(|e| connect_error(&url, e))?;
-        Ok(Store { backend: Backend::Sqlite { write, read }, url })
+        Ok(Store {
+            backend: Backend::Sqlite { write, read },
+            url,
+        })
     }
 
     /// Applies pending migrations now (whatever `StoreOptions::migrate` said at connect).
     pub async fn migrate(&self) -> Result<()> {
         match (&self.backend, &self.url) {
-            (Backend::Sqlite { write, .. }, url) => {
-                SQLITE_MIGRATOR.run(write).await.map_err(|e| migrate_error(url, e))
-            }
+            (Backend::Sqlite { write, .. }, url) => SQLITE_MIGRATOR
+                .run(write)
+                .await
+                .map_err(|e| migrate_error(url, e)),
             (Backend::Postgres { .. }, url @ DatabaseUrl::Postgres(pg, _)) => {
                 migrate_postgres(url, pg).await
             }
-            (Backend::Postgres { .. }, DatabaseUrl::Sqlite(_)) => {
-                Err(Error::new(ErrorCode::Internal, "store and URL disagree on the engine"))
-            }
+            (Backend::Postgres { .. }, DatabaseUrl::Sqlite(_)) => Err(Error::new(
+                ErrorCode::Internal,
+                "store and URL disagree on the engine",
+            )),
         }
     }
 
@@ -291,7 +318,10 @@ impl Store {
             Backend::Sqlite { write, .. } => Conn::Sqlite(begin_immediate(write).await?),
             Backend::Postgres { pool } => Conn::Postgres(begin_pg_tenant(pool, tenant).await?),
         };
-        Ok(Tx { conn, scope: Tenant(tenant) })
+        Ok(Tx {
+            conn,
+            scope: Tenant(tenant),
+        })
     }
 
     /// A read-only transaction over one tenant's data. On SQLite it runs on the reader pool
@@ -301,7 +331,10 @@ impl Store {
             Backend::Sqlite { read, .. } => Conn::Sqlite(read.begin().await.map_err(db_error)?),
             Backend::Postgres { pool } => Conn::Postgres(begin_pg_tenant(pool, tenant).await?),
         };
-        Ok(Tx { conn, scope: Tenant(tenant) })
+        Ok(Tx {
+            conn,
+            scope: Tenant(tenant),
+        })
     }
 
     /// A read-write transaction over platform tables.
@@ -310,7 +343,10 @@ impl Store {
             Backend::Sqlite { write, .. } => Conn::Sqlite(begin_immediate(write).await?),
             Backend::Postgres { pool } => Conn::Postgres(pool.begin().await.map_err(db_error)?),
         };
-        Ok(Tx { conn, scope: Platform })
+        Ok(Tx {
+            conn,
+            scope: Platform,
+        })
     }
 
     /// A read-only transaction over platform tables.
@@ -319,7 +355,10 @@ impl Store {
             Backend::Sqlite { read, .. } => Conn::Sqlite(read.begin().await.map_err(db_error)?),
             Backend::Postgres { pool } => Conn::Postgres(pool.begin().await.map_err(db_error)?),
         };
-        Ok(Tx { conn, scope: Platform })
+        Ok(Tx {
+            conn,
+            scope: Platform,
+        })
     }
 
     pub async fn readiness(&self) -> Readiness {
@@ -327,12 +366,14 @@ impl Store {
         let expected = engine.migrations().last().map_or(0, |(v, _)| *v);
         const SQL: &str = "SELECT MAX(version) AS v FROM _sqlx_migrations WHERE success";
         let version = match &self.backend {
-            Backend::Sqlite { read, .. } => {
-                sqlx::query(SQL).fetch_one(read).await.and_then(|r| r.try_get::<Option<i64>, _>(0))
-            }
-            Backend::Postgres { pool } => {
-                sqlx::query(SQL).fetch_one(pool).await.and_then(|r| r.try_get::<Option<i64>, _>(0))
-            }
+            Backend::Sqlite { read, .. } => sqlx::query(SQL)
+                .fetch_one(read)
+                .await
+                .and_then(|r| r.try_get::<Option<i64>, _>(0)),
+            Backend::Postgres { pool } => sqlx::query(SQL)
+                .fetch_one(pool)
+                .await
+                .and_then(|r| r.try_get::<Option<i64>, _>(0)),
         };
         match version {
             Ok(v) => Readiness {
@@ -355,7 +396,9 @@ impl Store {
 
     /// Who the application's PostgreSQL connections act as; `None` on SQLite.
     pub async fn identity(&self) -> Result<Option<Identity>> {
-        let Backend::Postgres { pool } = &self.backend else { return Ok(None) };
+        let Backend::Postgres { pool } = &self.backend else {
+            return Ok(None);
+        };
         let row = sqlx::query(
             "SELECT current_user::text, session_user::text, r.rolsuper, r.rolbypassrls \
              FROM pg_roles r WHERE r.rolname = current_user",
@@ -419,10 +462,16 @@ async fn migrate_postgres(url: &DatabaseUrl, pg: &PgConnectOptions) -> Result<()
     let mut conn = tokio::time::timeout(Duration::from_secs(10), PgConnection::connect_with(pg))
         .await
         .map_err(|_| {
-            Error::new(ErrorCode::Unavailable, format!("cannot connect to {url}: timed out"))
+            Error::new(
+                ErrorCode::Unavailable,
+                format!("cannot connect to {url}: timed out"),
+            )
         })?
         .map_err(|e| connect_error(url, e))?;
-    let result = POSTGRES_MIGRATOR.run(&mut conn).await.map_err(|e| migrate_error(url, e));
+    let result = POSTGRES_MIGRATOR
+        .run(&mut conn)
+        .await
+        .map_err(|e| migrate_error(url, e));
     let _ = conn.close().await;
     result
 }
@@ -443,7 +492,10 @@ fn connect_error(url: &DatabaseUrl, err: sqlx::Error) -> Error {
             ),
         );
     }
-    Error::new(ErrorCode::Unavailable, format!("cannot connect to {url}: {detail}"))
+    Error::new(
+        ErrorCode::Unavailable,
+        format!("cannot connect to {url}: {detail}"),
+    )
 }
 
 #[track_caller]
@@ -452,7 +504,10 @@ fn migrate_error(url: &DatabaseUrl, err: sqlx::migrate::MigrateError) -> Error {
         sqlx::migrate::MigrateError::Execute(sqlx::Error::Database(db)) => db.message().to_string(),
         other => other.to_string(),
     };
-    Error::new(ErrorCode::Unavailable, format!("cannot migrate {url}: {detail}"))
+    Error::new(
+        ErrorCode::Unavailable,
+        format!("cannot migrate {url}: {detail}"),
+    )
 }
 
 /// Maps driver errors onto Waypost's codes. Constraint violations are the caller's doing;
@@ -463,9 +518,11 @@ pub(crate) fn db_error(err: sqlx::Error) -> Error {
         sqlx::Error::Database(db) if db.is_unique_violation() => {
             Error::with_source(ErrorCode::Conflict, "already exists", err)
         }
-        sqlx::Error::Database(db) if db.is_foreign_key_violation() => {
-            Error::with_source(ErrorCode::NotFound, "a referenced object does not exist", err)
-        }
+        sqlx::Error::Database(db) if db.is_foreign_key_violation() => Error::with_source(
+            ErrorCode::NotFound,
+            "a referenced object does not exist",
+            err,
+        ),
         sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => {
             Error::with_source(ErrorCode::Unavailable, "database unavailable", err)
         }
@@ -479,11 +536,25 @@ mod tests {
 
     #[test]
     fn urls_parse_by_scheme_and_reject_the_rest() {
-        assert_eq!("sqlite://./data/w.db".parse::<DatabaseUrl>().unwrap().engine(), Engine::Sqlite);
-        let pg: DatabaseUrl = "postgres://u:secret@db.example:5432/waypost".parse().unwrap();
+        assert_eq!(
+            "sqlite://./data/w.db"
+                .parse::<DatabaseUrl>()
+                .unwrap()
+                .engine(),
+            Engine::Sqlite
+        );
+        let pg: DatabaseUrl = "postgres://u:secret@db.example:5432/waypost"
+            .parse()
+            .unwrap();
         assert_eq!(pg.engine(), Engine::Postgres);
         assert!(!pg.to_string().contains("secret"), "{pg}");
-        for bad in ["postgress://u@h/db", "mysql://h/db", "postgres://", "sqlite://", "nothing"] {
+        for bad in [
+            "postgress://u@h/db",
+            "mysql://h/db",
+            "postgres://",
+            "sqlite://",
+            "nothing",
+        ] {
             let err = bad.parse::<DatabaseUrl>().unwrap_err();
             assert_eq!(err.code(), ErrorCode::InvalidConfig, "{bad}");
             assert!(!err.to_string().contains('\n'));
@@ -500,6 +571,9 @@ mod tests {
         let sqlite = Engine::Sqlite.migrations();
         let postgres = Engine::Postgres.migrations();
         assert!(!sqlite.is_empty());
-        assert_eq!(sqlite, postgres, "migrations/sqlite and migrations/postgres differ");
+        assert_eq!(
+            sqlite, postgres,
+            "migrations/sqlite and migrations/postgres differ"
+        );
     }
 }

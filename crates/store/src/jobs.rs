@@ -257,7 +257,11 @@ impl<S: Scope> Tx<S> {
             .map(|r| r.rows_affected())
         })
         .map_err(db_error)?;
-        Ok(if inserted == 1 { Enqueued::Created(id) } else { Enqueued::Duplicate })
+        Ok(if inserted == 1 {
+            Enqueued::Created(id)
+        } else {
+            Enqueued::Duplicate
+        })
     }
 
     /// Marks a claimed job complete in this transaction, so its effects and its completion
@@ -300,13 +304,20 @@ impl<S: Scope> Tx<S> {
             })
         }
         .map_err(db_error)?;
-        if affected == 1 { Ok(()) } else { Err(lease_lost(job)) }
+        if affected == 1 {
+            Ok(())
+        } else {
+            Err(lease_lost(job))
+        }
     }
 }
 
 #[track_caller]
 fn lease_lost(job: &ClaimedJob) -> Error {
-    Error::new(ErrorCode::Conflict, format!("lease on job {} was lost", job.id))
+    Error::new(
+        ErrorCode::Conflict,
+        format!("lease on job {} was lost", job.id),
+    )
 }
 
 impl Store {
@@ -319,22 +330,26 @@ impl Store {
         now: Timestamp,
     ) -> Result<Vec<ClaimedJob>> {
         let mut tx = self.platform().await?;
-        let until = now.add(lease).as_millis();
+        let until = now.plus(lease).as_millis();
         let rows = match &mut tx.conn {
-            Conn::Sqlite(c) => sqlx::query_as::<_, ClaimRow>(CLAIM_SQLITE)
-                .bind(until)
-                .bind(owner)
-                .bind(now.as_millis())
-                .bind(i64::from(limit))
-                .fetch_all(&mut **c)
-                .await,
-            Conn::Postgres(c) => sqlx::query_as::<_, ClaimRow>(CLAIM_POSTGRES)
-                .bind(until)
-                .bind(owner)
-                .bind(now.as_millis())
-                .bind(i64::from(limit))
-                .fetch_all(&mut **c)
-                .await,
+            Conn::Sqlite(c) => {
+                sqlx::query_as::<_, ClaimRow>(CLAIM_SQLITE)
+                    .bind(until)
+                    .bind(owner)
+                    .bind(now.as_millis())
+                    .bind(i64::from(limit))
+                    .fetch_all(&mut **c)
+                    .await
+            }
+            Conn::Postgres(c) => {
+                sqlx::query_as::<_, ClaimRow>(CLAIM_POSTGRES)
+                    .bind(until)
+                    .bind(owner)
+                    .bind(now.as_millis())
+                    .bind(i64::from(limit))
+                    .fetch_all(&mut **c)
+                    .await
+            }
         }
         .map_err(db_error)?;
         tx.commit().await?;
@@ -390,7 +405,11 @@ impl Store {
         })
         .map_err(db_error)?;
         tx.commit().await?;
-        if affected == 1 { Ok(state) } else { Err(lease_lost(job)) }
+        if affected == 1 {
+            Ok(state)
+        } else {
+            Err(lease_lost(job))
+        }
     }
 
     /// Hands back every job leased to `owner` (graceful shutdown): due now, and the
@@ -456,10 +475,14 @@ impl Store {
     pub async fn get_job(&self, id: JobId) -> Result<JobRecord> {
         let mut tx = self.platform_read().await?;
         let row = on_conn!(&mut tx.conn, |c| {
-            sqlx::query_as::<_, JobRow>(concat!("SELECT ", job_columns!(), " FROM jobs WHERE id = $1"))
-                .bind(id.as_uuid())
-                .fetch_optional(c)
-                .await
+            sqlx::query_as::<_, JobRow>(concat!(
+                "SELECT ",
+                job_columns!(),
+                " FROM jobs WHERE id = $1"
+            ))
+            .bind(id.as_uuid())
+            .fetch_optional(c)
+            .await
         })
         .map_err(db_error)?;
         tx.rollback().await?;

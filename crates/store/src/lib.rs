@@ -12,7 +12,7 @@ mod tenants;
 mod tx;
 
 pub use api_keys::{ApiKey, ApiKeyWithSecret, NewApiKey};
-pub use connect::{DatabaseUrl, Engine, Identity, Readiness, Store, StoreOptions, SqliteSync};
+pub use connect::{DatabaseUrl, Engine, Identity, Readiness, SqliteSync, Store, StoreOptions};
 pub use jobs::{ClaimedJob, Enqueued, JobRecord, JobState, KindStats, NewJob};
 pub use probes::{PROBE_JOB_KIND, ProbeStatus};
 pub use tenants::Tenant;

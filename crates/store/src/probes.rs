@@ -48,8 +48,11 @@ impl Store {
                 .map(|r| r.rows_affected())
             })
             .map_err(db_error)?;
-            tx.enqueue(NewJob::new(PROBE_JOB_KIND, serde_json::json!({ "probe_id": id }))?)
-                .await?;
+            tx.enqueue(NewJob::new(
+                PROBE_JOB_KIND,
+                serde_json::json!({ "probe_id": id }),
+            )?)
+            .await?;
         }
         tx.commit().await?;
         Ok(batch)

@@ -1,11 +1,6 @@
 use waypost_core::{JobId, Result, Timestamp};
 
-use crate::{
-    NewJob, Store,
-    connect::db_error,
-    jobs::Enqueued,
-    tx::on_conn,
-};
+use crate::{NewJob, Store, connect::db_error, jobs::Enqueued, tx::on_conn};
 
 impl Store {
     /// Fires recurring job `name` for the period starting at `period_start` (epoch ms),
@@ -54,7 +49,9 @@ impl Store {
             tx.rollback().await?;
             return Ok(None);
         }
-        let enqueued = tx.enqueue(job.dedupe_key(format!("schedule:{name}:{period}"))).await?;
+        let enqueued = tx
+            .enqueue(job.dedupe_key(format!("schedule:{name}:{period}")))
+            .await?;
         let id = match enqueued {
             Enqueued::Created(id) => id,
             Enqueued::Duplicate => {

@@ -41,8 +41,11 @@ impl Tx<Platform> {
                 "tenant name must be 1 to {MAX_NAME_LEN} characters"
             )));
         }
-        let tenant =
-            Tenant { id: TenantId::new(), name: name.to_string(), created_at: Timestamp::now() };
+        let tenant = Tenant {
+            id: TenantId::new(),
+            name: name.to_string(),
+            created_at: Timestamp::now(),
+        };
         on_conn!(&mut self.conn, |c| {
             sqlx::query("INSERT INTO tenants (id, name, created_at) VALUES ($1, $2, $3)")
                 .bind(tenant.id.as_uuid())
@@ -95,4 +98,3 @@ impl Tx<Platform> {
         Ok(inserted == 1)
     }
 }
-

@@ -63,7 +63,11 @@ impl TestDb {
     pub fn sqlite() -> TestDb {
         let dir = std::env::temp_dir().join(format!("waypost-test-{}", uuid::Uuid::now_v7()));
         let url = format!("sqlite://{}", dir.join("waypost.db").display());
-        TestDb { flavor: Flavor::Sqlite, url, cleanup: Cleanup::Dir(dir) }
+        TestDb {
+            flavor: Flavor::Sqlite,
+            url,
+            cleanup: Cleanup::Dir(dir),
+        }
     }
 
     /// A fresh PostgreSQL database, or `None` when no server is configured (outside CI).
@@ -96,7 +100,11 @@ impl TestDb {
             let _ = url.set_username(RECOMMENDED_USER);
             let _ = url.set_password(None);
         }
-        Some(TestDb { flavor, url: url.to_string(), cleanup: Cleanup::Database { admin_url, name } })
+        Some(TestDb {
+            flavor,
+            url: url.to_string(),
+            cleanup: Cleanup::Database { admin_url, name },
+        })
     }
 }
 
@@ -113,7 +121,9 @@ impl Drop for TestDb {
                 let (admin_url, name) = (admin_url.clone(), name.clone());
                 // Drop may run inside a runtime; a thread of its own can block on its own one.
                 let _ = std::thread::spawn(move || {
-                    let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build()
+                    let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
                     else {
                         return;
                     };
@@ -144,7 +154,9 @@ pub fn postgres_admin_url() -> Option<String> {
     match std::env::var(TEST_DATABASE_URL_VAR) {
         Ok(url) if !url.trim().is_empty() => Some(url),
         _ if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") => {
-            panic!("CI=true but {TEST_DATABASE_URL_VAR} is not set: the PostgreSQL pass is required")
+            panic!(
+                "CI=true but {TEST_DATABASE_URL_VAR} is not set: the PostgreSQL pass is required"
+            )
         }
         _ => {
             static WARNED: OnceLock<()> = OnceLock::new();

@@ -93,7 +93,10 @@ impl Tx<Platform> {
         if let Conn::Postgres(tx) = &mut conn {
             crate::connect::set_tenant(tx, tenant).await?;
         }
-        Ok(Tx { conn, scope: Tenant(tenant) })
+        Ok(Tx {
+            conn,
+            scope: Tenant(tenant),
+        })
     }
 }
 

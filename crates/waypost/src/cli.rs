@@ -4,7 +4,12 @@ use clap::{Args, Parser, Subcommand};
 
 /// Waypost: WhatsApp Business messaging, ad attribution and business-system connector.
 #[derive(Debug, Parser)]
-#[command(name = "waypost", version, about, args_conflicts_with_subcommands = true)]
+#[command(
+    name = "waypost",
+    version,
+    about,
+    args_conflicts_with_subcommands = true
+)]
 pub struct Cli {
     #[command(flatten)]
     pub global: GlobalArgs,
@@ -25,7 +30,13 @@ pub struct GlobalArgs {
     #[arg(long, global = true, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
     /// postgres://… (production) or sqlite://PATH; empty means SQLite in the data folder.
-    #[arg(long, global = true, env = "DATABASE_URL", value_name = "URL", hide_env_values = true)]
+    #[arg(
+        long,
+        global = true,
+        env = "DATABASE_URL",
+        value_name = "URL",
+        hide_env_values = true
+    )]
     pub database_url: Option<String>,
 }
 

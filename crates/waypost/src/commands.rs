@@ -38,9 +38,17 @@ pub async fn run(cli: Cli) -> Result<()> {
             let store = open_store(&config).await?;
             store.migrate().await?;
             let readiness = store.readiness().await;
-            print(flag.json, json!({ "engine": readiness.engine, "schema_version": readiness.schema_version }), || {
-                format!("{} is at schema version {}", store.url(), readiness.schema_version.unwrap_or(0))
-            });
+            print(
+                flag.json,
+                json!({ "engine": readiness.engine, "schema_version": readiness.schema_version }),
+                || {
+                    format!(
+                        "{} is at schema version {}",
+                        store.url(),
+                        readiness.schema_version.unwrap_or(0)
+                    )
+                },
+            );
             store.close().await;
             Ok(())
         }
@@ -87,14 +95,22 @@ fn apply_serve_flags(config: &mut Config, args: &ServeArgs) {
 
 fn init_logging(config: &Config, serving: bool) {
     // Operator commands print results on stdout; their logs stay quiet unless asked for.
-    let default = if serving { config.log.level.as_str() } else { "warn" };
+    let default = if serving {
+        config.log.level.as_str()
+    } else {
+        "warn"
+    };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
     let registry = tracing_subscriber::registry().with(filter);
     let result = if config.log.format == "json" {
-        registry.with(fmt::layer().json().with_writer(std::io::stderr)).try_init()
+        registry
+            .with(fmt::layer().json().with_writer(std::io::stderr))
+            .try_init()
     } else {
         let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-        registry.with(fmt::layer().with_ansi(ansi).with_writer(std::io::stderr)).try_init()
+        registry
+            .with(fmt::layer().with_ansi(ansi).with_writer(std::io::stderr))
+            .try_init()
     };
     if result.is_err() {
         eprintln!("warning: logging was already initialised");
@@ -119,7 +135,12 @@ fn to_json(value: &impl serde::Serialize) -> Result<serde_json::Value> {
 }
 
 fn parse_tenant(raw: &str) -> Result<TenantId> {
-    TenantId::from_str(raw).map_err(|_| Error::new(ErrorCode::InvalidRequest, format!("--tenant: {raw:?} is not a tenant id")))
+    TenantId::from_str(raw).map_err(|_| {
+        Error::new(
+            ErrorCode::InvalidRequest,
+            format!("--tenant: {raw:?} is not a tenant id"),
+        )
+    })
 }
 
 async fn existing_tenant(store: &Store, raw: &str) -> Result<TenantId> {
@@ -139,14 +160,20 @@ async fn tenant(store: &Store, cmd: TenantCommand) -> Result<()> {
             let mut tx = store.platform().await?;
             let tenant = tx.create_tenant(&name).await?;
             tx.commit().await?;
-            print(json, to_json(&tenant)?, || format!("created tenant {} ({})", tenant.name, tenant.id));
+            print(json, to_json(&tenant)?, || {
+                format!("created tenant {} ({})", tenant.name, tenant.id)
+            });
         }
         TenantCommand::List { json } => {
             let mut tx = store.platform_read().await?;
             let tenants = tx.list_tenants().await?;
             tx.rollback().await?;
             print(json, to_json(&tenants)?, || {
-                tenants.iter().map(|t| format!("{}  {}", t.id, t.name)).collect::<Vec<_>>().join("\n")
+                tenants
+                    .iter()
+                    .map(|t| format!("{}  {}", t.id, t.name))
+                    .collect::<Vec<_>>()
+                    .join("\n")
             });
         }
     }
@@ -155,7 +182,12 @@ async fn tenant(store: &Store, cmd: TenantCommand) -> Result<()> {
 
 async fn apikey(store: &Store, cmd: ApiKeyCommand) -> Result<()> {
     match cmd {
-        ApiKeyCommand::Create { tenant, role, name, json } => {
+        ApiKeyCommand::Create {
+            tenant,
+            role,
+            name,
+            json,
+        } => {
             let role = Role::from_str(&role)?;
             let tenant = existing_tenant(store, &tenant).await?;
             let secret = ApiKeySecret::generate(tenant)?;
@@ -173,7 +205,10 @@ async fn apikey(store: &Store, cmd: ApiKeyCommand) -> Result<()> {
             let mut value = to_json(&key)?;
             value["key"] = json!(secret.token);
             print(json, value, || {
-                format!("created {role} API key {} for tenant {tenant} (shown once):\n{}", key.id, secret.token)
+                format!(
+                    "created {role} API key {} for tenant {tenant} (shown once):\n{}",
+                    key.id, secret.token
+                )
             });
         }
         ApiKeyCommand::List { tenant, json } => {
@@ -193,20 +228,30 @@ async fn apikey(store: &Store, cmd: ApiKeyCommand) -> Result<()> {
             print(json, to_json(&keys)?, || {
                 keys.iter()
                     .map(|k| {
-                        let state = if k.revoked_at.is_some() { "revoked" } else { "active" };
+                        let state = if k.revoked_at.is_some() {
+                            "revoked"
+                        } else {
+                            "active"
+                        };
                         format!("{}  {}  {}  {}  {state}", k.id, k.prefix, k.role, k.name)
                     })
                     .collect::<Vec<_>>()
                     .join("\n")
             });
         }
-        ApiKeyCommand::Revoke { tenant, key_id, json } => {
+        ApiKeyCommand::Revoke {
+            tenant,
+            key_id,
+            json,
+        } => {
             let tenant = existing_tenant(store, &tenant).await?;
             let id = ApiKeyId::from_str(&key_id)?;
             let mut tx = store.tenant(tenant).await?;
             let key = tx.revoke_api_key(id).await?;
             tx.commit().await?;
-            print(json, to_json(&key)?, || format!("revoked API key {} ({})", key.id, key.prefix));
+            print(json, to_json(&key)?, || {
+                format!("revoked API key {} ({})", key.id, key.prefix)
+            });
         }
     }
     Ok(())
@@ -221,7 +266,10 @@ async fn jobs(store: &Store, cmd: JobsCommand) -> Result<()> {
                 jobs.iter()
                     .map(|j| {
                         let error = j.last_error.as_deref().unwrap_or("");
-                        format!("{}  {}  {}  attempts {}/{}  {error}", j.id, j.kind, j.state, j.attempts, j.max_attempts)
+                        format!(
+                            "{}  {}  {}  attempts {}/{}  {error}",
+                            j.id, j.kind, j.state, j.attempts, j.max_attempts
+                        )
                     })
                     .collect::<Vec<_>>()
                     .join("\n")
@@ -229,9 +277,15 @@ async fn jobs(store: &Store, cmd: JobsCommand) -> Result<()> {
         }
         JobsCommand::Replay { job_id, json } => {
             let job = store.replay_job(JobId::from_str(&job_id)?).await?;
-            print(json, to_json(&job)?, || format!("job {} is pending again", job.id));
+            print(json, to_json(&job)?, || {
+                format!("job {} is pending again", job.id)
+            });
         }
-        JobsCommand::Probe { count, timeout_secs, json } => {
+        JobsCommand::Probe {
+            count,
+            timeout_secs,
+            json,
+        } => {
             if count == 0 || count > 100_000 {
                 return Err(Error::validation("--count must be between 1 and 100000"));
             }
@@ -245,7 +299,12 @@ async fn jobs(store: &Store, cmd: JobsCommand) -> Result<()> {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             };
             print(json, to_json(&status)?, || {
-                let workers = status.by_worker.iter().map(|(w, n)| format!("{w}: {n}")).collect::<Vec<_>>().join(", ");
+                let workers = status
+                    .by_worker
+                    .iter()
+                    .map(|(w, n)| format!("{w}: {n}"))
+                    .collect::<Vec<_>>()
+                    .join(", ");
                 format!(
                     "{}/{} probes completed, {} duplicated, p50 {} ms; by worker: {workers}",
                     status.completed,
@@ -257,7 +316,10 @@ async fn jobs(store: &Store, cmd: JobsCommand) -> Result<()> {
             if status.completed < status.total {
                 return Err(Error::new(
                     ErrorCode::Unavailable,
-                    format!("only {}/{} probes completed within {timeout_secs} s: are workers running?", status.completed, status.total),
+                    format!(
+                        "only {}/{} probes completed within {timeout_secs} s: are workers running?",
+                        status.completed, status.total
+                    ),
                 ));
             }
         }

@@ -95,7 +95,11 @@ impl Default for DatabaseConfig {
 
 impl Default for HttpConfig {
     fn default() -> Self {
-        Self { enabled: true, listen: "127.0.0.1:8080".into(), shutdown_grace_secs: 10 }
+        Self {
+            enabled: true,
+            listen: "127.0.0.1:8080".into(),
+            shutdown_grace_secs: 10,
+        }
     }
 }
 
@@ -115,13 +119,19 @@ impl Default for JobsConfig {
 
 impl Default for SchedulerConfig {
     fn default() -> Self {
-        Self { enabled: true, tick_ms: 1000 }
+        Self {
+            enabled: true,
+            tick_ms: 1000,
+        }
     }
 }
 
 impl Default for LogConfig {
     fn default() -> Self {
-        Self { format: "text".into(), level: "info".into() }
+        Self {
+            format: "text".into(),
+            level: "info".into(),
+        }
     }
 }
 
@@ -138,7 +148,8 @@ fn invalid(message: impl Into<String>) -> Error {
 impl Config {
     /// Defaults, then the file (`path`, or `./waypost.toml` if present), then the environment.
     pub fn load(path: Option<&std::path::Path>) -> Result<Config> {
-        let env = std::env::vars().filter(|(k, _)| k.starts_with("WAYPOST_") && !is_reserved_env(k));
+        let env =
+            std::env::vars().filter(|(k, _)| k.starts_with("WAYPOST_") && !is_reserved_env(k));
         Self::load_from(path, env.collect())
     }
 
@@ -149,14 +160,19 @@ impl Config {
         let mut builder = config::Config::builder();
         let file = match path {
             Some(path) if !path.exists() => {
-                return Err(invalid(format!("config file {} does not exist", path.display())));
+                return Err(invalid(format!(
+                    "config file {} does not exist",
+                    path.display()
+                )));
             }
             Some(path) => Some(path.to_path_buf()),
             None => Some(PathBuf::from(DEFAULT_CONFIG_FILE)).filter(|p| p.exists()),
         };
         if let Some(file) = &file {
             builder = builder.add_source(
-                config::File::from(file.as_path()).format(config::FileFormat::Toml).required(true),
+                config::File::from(file.as_path())
+                    .format(config::FileFormat::Toml)
+                    .required(true),
             );
         }
         builder = builder.add_source(
@@ -166,11 +182,19 @@ impl Config {
                 .try_parsing(true)
                 .source(Some(env)),
         );
-        let where_ = file.map_or_else(|| "environment".to_string(), |f| format!("{} or environment", f.display()));
+        let where_ = file.map_or_else(
+            || "environment".to_string(),
+            |f| format!("{} or environment", f.display()),
+        );
         let config: Config = builder
             .build()
             .and_then(config::Config::try_deserialize)
-            .map_err(|e| invalid(format!("invalid configuration ({where_}): {}", one_line(&e.to_string()))))?;
+            .map_err(|e| {
+                invalid(format!(
+                    "invalid configuration ({where_}): {}",
+                    one_line(&e.to_string())
+                ))
+            })?;
         Ok(config)
     }
 
@@ -180,12 +204,20 @@ impl Config {
         self.database_url()?;
         self.sqlite_sync()?;
         if !matches!(self.log.format.as_str(), "text" | "json") {
-            return Err(invalid(format!("log.format must be text or json, not {:?}", self.log.format)));
+            return Err(invalid(format!(
+                "log.format must be text or json, not {:?}",
+                self.log.format
+            )));
         }
         if self.jobs.concurrency == 0 || self.database.max_connections == 0 {
-            return Err(invalid("jobs.concurrency and database.max_connections must be at least 1"));
+            return Err(invalid(
+                "jobs.concurrency and database.max_connections must be at least 1",
+            ));
         }
-        if self.jobs.lease_secs < 3 || self.jobs.prune_every_secs == 0 || self.scheduler.tick_ms == 0 {
+        if self.jobs.lease_secs < 3
+            || self.jobs.prune_every_secs == 0
+            || self.scheduler.tick_ms == 0
+        {
             return Err(invalid(
                 "jobs.lease_secs must be at least 3; jobs.prune_every_secs and scheduler.tick_ms at least 1",
             ));
@@ -195,7 +227,10 @@ impl Config {
 
     pub fn listen_addr(&self) -> Result<SocketAddr> {
         SocketAddr::from_str(self.http.listen.trim()).map_err(|_| {
-            invalid(format!("http.listen must be ADDRESS:PORT (e.g. 127.0.0.1:8080), not {:?}", self.http.listen))
+            invalid(format!(
+                "http.listen must be ADDRESS:PORT (e.g. 127.0.0.1:8080), not {:?}",
+                self.http.listen
+            ))
         })
     }
 
@@ -211,7 +246,9 @@ impl Config {
         match self.database.sqlite_synchronous.as_str() {
             "full" => Ok(SqliteSync::Full),
             "normal" => Ok(SqliteSync::Normal),
-            other => Err(invalid(format!("database.sqlite_synchronous must be full or normal, not {other:?}"))),
+            other => Err(invalid(format!(
+                "database.sqlite_synchronous must be full or normal, not {other:?}"
+            ))),
         }
     }
 
@@ -258,13 +295,20 @@ mod tests {
     const EXAMPLE_CONFIG: &str = include_str!("../../../waypost.example.toml");
 
     fn env(pairs: &[(&str, &str)]) -> config::Map<String, String> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     fn keys(value: &toml::Value, prefix: &str, out: &mut Vec<String>) {
         if let toml::Value::Table(table) = value {
             for (k, v) in table {
-                let path = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+                let path = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
                 out.push(path.clone());
                 keys(v, &path, out);
             }
@@ -274,13 +318,28 @@ mod tests {
     #[test]
     fn the_committed_example_equals_the_defaults_key_for_key() {
         let parsed: Config = toml::from_str(EXAMPLE_CONFIG).unwrap();
-        assert_eq!(parsed, Config::default(), "waypost.example.toml drifted from the defaults");
+        assert_eq!(
+            parsed,
+            Config::default(),
+            "waypost.example.toml drifted from the defaults"
+        );
         let (mut documented, mut defaults) = (Vec::new(), Vec::new());
-        keys(&toml::from_str(EXAMPLE_CONFIG).unwrap(), "", &mut documented);
-        keys(&toml::Value::try_from(Config::default()).unwrap(), "", &mut defaults);
+        keys(
+            &toml::from_str(EXAMPLE_CONFIG).unwrap(),
+            "",
+            &mut documented,
+        );
+        keys(
+            &toml::Value::try_from(Config::default()).unwrap(),
+            "",
+            &mut defaults,
+        );
         documented.sort();
         defaults.sort();
-        assert_eq!(documented, defaults, "every key must appear in waypost.example.toml");
+        assert_eq!(
+            documented, defaults,
+            "every key must appear in waypost.example.toml"
+        );
         Config::default().validate().unwrap();
     }
 
@@ -288,7 +347,10 @@ mod tests {
     fn environment_overrides_and_unknown_keys_fail() {
         let config = Config::load_from(
             None,
-            env(&[("WAYPOST_HTTP__LISTEN", "0.0.0.0:9000"), ("WAYPOST_JOBS__CONCURRENCY", "3")]),
+            env(&[
+                ("WAYPOST_HTTP__LISTEN", "0.0.0.0:9000"),
+                ("WAYPOST_JOBS__CONCURRENCY", "3"),
+            ]),
         )
         .unwrap();
         assert_eq!(config.http.listen, "0.0.0.0:9000");
@@ -304,9 +366,17 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("waypost-cfg-{}", uuid::Uuid::now_v7()));
         std::fs::create_dir_all(&dir).unwrap();
         let file = dir.join("w.toml");
-        std::fs::write(&file, "[http]\nlisten = \"127.0.0.1:7000\"\n[jobs]\nlease_secs = 9\n").unwrap();
-        let config = Config::load_from(Some(&file), env(&[("WAYPOST_JOBS__LEASE_SECS", "12")])).unwrap();
-        assert_eq!((config.http.listen.as_str(), config.jobs.lease_secs), ("127.0.0.1:7000", 12));
+        std::fs::write(
+            &file,
+            "[http]\nlisten = \"127.0.0.1:7000\"\n[jobs]\nlease_secs = 9\n",
+        )
+        .unwrap();
+        let config =
+            Config::load_from(Some(&file), env(&[("WAYPOST_JOBS__LEASE_SECS", "12")])).unwrap();
+        assert_eq!(
+            (config.http.listen.as_str(), config.jobs.lease_secs),
+            ("127.0.0.1:7000", 12)
+        );
         std::fs::write(&file, "[http]\nlistne = 1\n").unwrap();
         assert!(Config::load_from(Some(&file), env(&[])).is_err());
         std::fs::remove_dir_all(dir).unwrap();
@@ -316,10 +386,19 @@ mod tests {
     fn validation_names_the_bad_value() {
         let mut config = Config::default();
         config.http.listen = "localhost".into();
-        assert!(config.validate().unwrap_err().to_string().contains("http.listen"));
+        assert!(
+            config
+                .validate()
+                .unwrap_err()
+                .to_string()
+                .contains("http.listen")
+        );
         let mut config = Config::default();
         config.database.url = "postgress://x@y/z".into();
-        assert_eq!(config.validate().unwrap_err().code(), ErrorCode::InvalidConfig);
+        assert_eq!(
+            config.validate().unwrap_err().code(),
+            ErrorCode::InvalidConfig
+        );
     }
 
     #[test]
@@ -327,6 +406,9 @@ mod tests {
         let mut config = Config::default();
         config.database.url = "postgres://waypost:hunter2@db:5432/waypost".into();
         let shown = toml::to_string(&config.masked()).unwrap();
-        assert!(!shown.contains("hunter2") && shown.contains("***"), "{shown}");
+        assert!(
+            !shown.contains("hunter2") && shown.contains("***"),
+            "{shown}"
+        );
     }
 }

@@ -2,7 +2,7 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use waypost_api::{AppState, ApiKeySecret};
+use waypost_api::{ApiKeySecret, AppState};
 use waypost_core::{Error, ErrorCode, Result, Role};
 use waypost_jobs::{Registry, Scheduler, Worker, prune_schedule};
 use waypost_store::{NewApiKey, Store};
@@ -20,7 +20,10 @@ pub async fn run(config: Config) -> Result<()> {
     let listener = if config.http.enabled {
         let addr = config.listen_addr()?;
         let listener = TcpListener::bind(addr).await.map_err(|e| {
-            Error::new(ErrorCode::InvalidConfig, format!("cannot listen on {addr}: {e}"))
+            Error::new(
+                ErrorCode::InvalidConfig,
+                format!("cannot listen on {addr}: {e}"),
+            )
         })?;
         Some(listener)
     } else {
@@ -36,7 +39,11 @@ pub async fn run(config: Config) -> Result<()> {
 
     let worker = config.jobs.enabled.then(|| {
         let keep = Duration::from_secs(config.jobs.keep_done_hours * 3600);
-        Worker::new(store.clone(), Registry::with_builtins(keep), config.worker())
+        Worker::new(
+            store.clone(),
+            Registry::with_builtins(keep),
+            config.worker(),
+        )
     });
     let worker_wake = worker.as_ref().map(Worker::waker);
     if let Some(worker) = worker {
@@ -47,7 +54,11 @@ pub async fn run(config: Config) -> Result<()> {
             Duration::from_secs(config.jobs.prune_every_secs),
             Duration::from_secs(config.jobs.prune_offset_secs),
         )];
-        let scheduler = Scheduler::new(store.clone(), schedules, Duration::from_millis(config.scheduler.tick_ms));
+        let scheduler = Scheduler::new(
+            store.clone(),
+            schedules,
+            Duration::from_millis(config.scheduler.tick_ms),
+        );
         let token = shutdown.clone();
         tasks.spawn(async move {
             scheduler.run(token).await;
@@ -55,9 +66,18 @@ pub async fn run(config: Config) -> Result<()> {
         });
     }
     if let Some(listener) = listener {
-        let addr = listener.local_addr().map_err(|e| Error::internal("reading the bound address", e))?;
-        let state = AppState { store: store.clone(), metrics: waypost_api::install_recorder(), worker_wake };
-        println!("Waypost listening on http://{addr} (database: {})", store.url());
+        let addr = listener
+            .local_addr()
+            .map_err(|e| Error::internal("reading the bound address", e))?;
+        let state = AppState {
+            store: store.clone(),
+            metrics: waypost_api::install_recorder(),
+            worker_wake,
+        };
+        println!(
+            "Waypost listening on http://{addr} (database: {})",
+            store.url()
+        );
         let token = shutdown.clone();
         tasks.spawn(async move {
             waypost_api::serve(listener, state, token)
@@ -76,7 +96,9 @@ pub async fn run(config: Config) -> Result<()> {
 
     let mut result = Ok(());
     while let Some(joined) = tasks.join_next().await {
-        let outcome = joined.map_err(|e| Error::internal("a server task panicked", e)).and_then(|r| r);
+        let outcome = joined
+            .map_err(|e| Error::internal("a server task panicked", e))
+            .and_then(|r| r);
         if let Err(err) = outcome {
             tracing::error!(error = %err, "server task failed; shutting down");
             shutdown.cancel();
@@ -111,7 +133,10 @@ async fn bootstrap(store: &Store) -> Result<()> {
     })
     .await?;
     tx.commit().await?;
-    println!("First run: created tenant \"Default\" ({}) with this owner API key:", tenant.id);
+    println!(
+        "First run: created tenant \"Default\" ({}) with this owner API key:",
+        tenant.id
+    );
     println!("  {}", secret.token);
     println!("It is shown only this once; keep it somewhere safe.");
     Ok(())

@@ -29,7 +29,9 @@ pub struct CreatedApiKey {
 fn parse_expiry(raw: Option<&str>) -> Result<Option<Timestamp>, ApiError> {
     let Some(raw) = raw else { return Ok(None) };
     let parsed = time::OffsetDateTime::parse(raw, &time::format_description::well_known::Rfc3339)
-        .map_err(|_| waypost_core::Error::validation("expires_at must be an RFC 3339 instant"))?;
+        .map_err(|_| {
+        waypost_core::Error::validation("expires_at must be an RFC 3339 instant")
+    })?;
     let millis = i64::try_from(parsed.unix_timestamp_nanos() / 1_000_000)
         .map_err(|_| waypost_core::Error::validation("expires_at is out of range"))?;
     Ok(Some(Timestamp::from_millis(millis)))
@@ -91,7 +93,13 @@ pub async fn create_api_key(
         })
         .await?;
     tx.commit().await?;
-    Ok((StatusCode::CREATED, Json(CreatedApiKey { api_key, key: secret.token })))
+    Ok((
+        StatusCode::CREATED,
+        Json(CreatedApiKey {
+            api_key,
+            key: secret.token,
+        }),
+    ))
 }
 
 /// One API key. Keys of other tenants answer 404.

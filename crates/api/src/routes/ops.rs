@@ -19,7 +19,11 @@ pub async fn healthz() -> impl IntoResponse {
     ))]
 pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     let readiness: Readiness = state.store.readiness().await;
-    let status = if readiness.is_ready() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let status = if readiness.is_ready() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     let body = json!({
         "status": if readiness.is_ready() { "ready" } else { "not_ready" },
         "database": readiness,
@@ -32,5 +36,11 @@ pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     responses((status = OK, description = "Prometheus text exposition format", content_type = "text/plain")))]
 pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     let text = crate::metrics::render(&state.metrics, &state.store).await;
-    ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
+        text,
+    )
 }

@@ -10,7 +10,10 @@ use crate::{ApiError, AppState, Auth};
         (status = OK, body = Tenant),
         (status = UNAUTHORIZED, body = crate::problem::Problem, content_type = "application/problem+json")
     ))]
-pub async fn get_tenant(auth: Auth, State(state): State<AppState>) -> Result<Json<Tenant>, ApiError> {
+pub async fn get_tenant(
+    auth: Auth,
+    State(state): State<AppState>,
+) -> Result<Json<Tenant>, ApiError> {
     let mut tx = state.store.platform_read().await?;
     let tenant = tx.get_tenant(auth.tenant).await?;
     tx.rollback().await?;

@@ -1,6 +1,9 @@
 //! The job runtime against real databases: workers, retries, dead letters, shutdown, a
 //! worker process killed mid-job, and recurring jobs across schedulers.
 
+// Test code: a failed unwrap is a failed test, with the value in the message.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::{
     sync::{
         Arc,
@@ -22,14 +25,19 @@ fn fast_config() -> WorkerConfig {
         concurrency: 4,
         poll_interval: Duration::from_millis(20),
         lease: Duration::from_secs(3),
-        backoff: Backoff { base: Duration::from_millis(20), max: Duration::from_millis(100) },
+        backoff: Backoff {
+            base: Duration::from_millis(20),
+            max: Duration::from_millis(100),
+        },
         shutdown_grace: Duration::from_millis(200),
     }
 }
 
 async fn enqueue(store: &Store, job: NewJob) -> JobId {
     let mut tx = store.platform().await.unwrap();
-    let Enqueued::Created(id) = tx.enqueue(job).await.unwrap() else { panic!("duplicate") };
+    let Enqueued::Created(id) = tx.enqueue(job).await.unwrap() else {
+        panic!("duplicate")
+    };
     tx.commit().await.unwrap();
     id
 }
@@ -42,7 +50,10 @@ where
 {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
     while !done().await {
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -51,7 +62,10 @@ async fn is_gone(store: &Store, id: JobId) -> bool {
     matches!(store.get_job(id).await, Err(e) if e.code() == ErrorCode::NotFound)
 }
 
-fn spawn_worker(store: &Store, registry: Registry) -> (CancellationToken, tokio::task::JoinHandle<()>) {
+fn spawn_worker(
+    store: &Store,
+    registry: Registry,
+) -> (CancellationToken, tokio::task::JoinHandle<()>) {
     let token = CancellationToken::new();
     let worker = Worker::new(store.clone(), registry, fast_config());
     let run = worker.run(token.clone());
@@ -76,9 +90,17 @@ async fn two_workers_run_every_probe_exactly_once() {
         run_a.await.unwrap();
         run_b.await.unwrap();
         let status = setup.probe_status(batch).await.unwrap();
-        assert_eq!((status.total, status.completed, status.duplicated), (300, 300, 0), "{:?}", db.flavor);
+        assert_eq!(
+            (status.total, status.completed, status.duplicated),
+            (300, 300, 0),
+            "{:?}",
+            db.flavor
+        );
         assert_eq!(status.by_worker.values().sum::<u64>(), 300);
-        assert!(setup.list_jobs(None, 10).await.unwrap().is_empty(), "probe jobs left behind");
+        assert!(
+            setup.list_jobs(None, 10).await.unwrap().is_empty(),
+            "probe jobs left behind"
+        );
     }
 }
 
@@ -92,7 +114,11 @@ struct Flaky {
 impl Handler for Flaky {
     async fn run(&self, _ctx: &JobContext) -> Result<(), JobError> {
         let run = self.runs.fetch_add(1, Ordering::SeqCst) + 1;
-        if run <= self.failures { Err(JobError::Retry(format!("failure {run}"))) } else { Ok(()) }
+        if run <= self.failures {
+            Err(JobError::Retry(format!("failure {run}")))
+        } else {
+            Ok(())
+        }
     }
 }
 
@@ -102,7 +128,16 @@ async fn transient_failures_are_retried_with_backoff() {
         let store = db.store().await;
         let runs = Arc::new(AtomicU32::new(0));
         let id = enqueue(&store, NewJob::new("flaky", ()).unwrap()).await;
-        let (stop, run) = spawn_worker(&store, Registry::new().register("flaky", Flaky { failures: 2, runs: runs.clone() }));
+        let (stop, run) = spawn_worker(
+            &store,
+            Registry::new().register(
+                "flaky",
+                Flaky {
+                    failures: 2,
+                    runs: runs.clone(),
+                },
+            ),
+        );
         eventually(20, "the job to succeed", || is_gone(&store, id)).await;
         stop.cancel();
         run.await.unwrap();
@@ -133,24 +168,55 @@ async fn exhausted_and_permanent_failures_dead_letter_and_replay_works() {
         let store = db.store().await;
         let healed = Arc::new(AtomicBool::new(false));
         let registry = Registry::new()
-            .register("retrying", Broken { permanent: false, healed: healed.clone() })
-            .register("permanent", Broken { permanent: true, healed: healed.clone() });
+            .register(
+                "retrying",
+                Broken {
+                    permanent: false,
+                    healed: healed.clone(),
+                },
+            )
+            .register(
+                "permanent",
+                Broken {
+                    permanent: true,
+                    healed: healed.clone(),
+                },
+            );
         let retrying = enqueue(&store, NewJob::new("retrying", ()).unwrap().max_attempts(3)).await;
         let permanent = enqueue(&store, NewJob::new("permanent", ()).unwrap()).await;
         let (stop, run) = spawn_worker(&store, registry);
         eventually(20, "both jobs dead", || async {
-            store.list_jobs(Some(JobState::Dead), 10).await.unwrap().len() == 2
+            store
+                .list_jobs(Some(JobState::Dead), 10)
+                .await
+                .unwrap()
+                .len()
+                == 2
         })
         .await;
         let dead_retrying = store.get_job(retrying).await.unwrap();
-        assert_eq!((dead_retrying.attempts, dead_retrying.last_error.as_deref()), (3, Some("still down")));
+        assert_eq!(
+            (dead_retrying.attempts, dead_retrying.last_error.as_deref()),
+            (3, Some("still down"))
+        );
         let dead_permanent = store.get_job(permanent).await.unwrap();
-        assert_eq!(dead_permanent.attempts, 1, "a permanent failure is not retried");
+        assert_eq!(
+            dead_permanent.attempts, 1,
+            "a permanent failure is not retried"
+        );
 
         healed.store(true, Ordering::SeqCst);
         store.replay_job(retrying).await.unwrap();
-        eventually(20, "the replayed job to succeed", || is_gone(&store, retrying)).await;
-        assert_eq!(store.get_job(permanent).await.unwrap().state, JobState::Dead, "{:?}", db.flavor);
+        eventually(20, "the replayed job to succeed", || {
+            is_gone(&store, retrying)
+        })
+        .await;
+        assert_eq!(
+            store.get_job(permanent).await.unwrap().state,
+            JobState::Dead,
+            "{:?}",
+            db.flavor
+        );
         stop.cancel();
         run.await.unwrap();
     }
@@ -174,7 +240,10 @@ async fn a_panicking_handler_is_a_failed_attempt_not_a_dead_worker() {
         let store = db.store().await;
         let runs = Arc::new(AtomicU32::new(0));
         let id = enqueue(&store, NewJob::new("panics", ()).unwrap()).await;
-        let (stop, run) = spawn_worker(&store, Registry::new().register("panics", Panics(runs.clone())));
+        let (stop, run) = spawn_worker(
+            &store,
+            Registry::new().register("panics", Panics(runs.clone())),
+        );
         eventually(20, "the retry to succeed", || is_gone(&store, id)).await;
         stop.cancel();
         run.await.unwrap();
@@ -197,7 +266,10 @@ async fn shutdown_hands_unfinished_jobs_back_without_counting_the_attempt() {
     for db in test_databases().await {
         let store = db.store().await;
         let id = enqueue(&store, NewJob::new("slow", ()).unwrap()).await;
-        let (stop, run) = spawn_worker(&store, Registry::new().register("slow", Sleeps(Duration::from_secs(30))));
+        let (stop, run) = spawn_worker(
+            &store,
+            Registry::new().register("slow", Sleeps(Duration::from_secs(30))),
+        );
         eventually(20, "the job to be claimed", || async {
             store.get_job(id).await.unwrap().attempts == 1
         })
@@ -205,10 +277,21 @@ async fn shutdown_hands_unfinished_jobs_back_without_counting_the_attempt() {
         let started = tokio::time::Instant::now();
         stop.cancel();
         run.await.unwrap();
-        assert!(started.elapsed() < Duration::from_secs(5), "shutdown waited for the slow job");
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "shutdown waited for the slow job"
+        );
         let job = store.get_job(id).await.unwrap();
-        assert_eq!((job.state, job.attempts), (JobState::Pending, 0), "{:?}", db.flavor);
-        assert!(job.run_at <= Timestamp::now(), "a released job is due at once");
+        assert_eq!(
+            (job.state, job.attempts),
+            (JobState::Pending, 0),
+            "{:?}",
+            db.flavor
+        );
+        assert!(
+            job.run_at <= Timestamp::now(),
+            "a released job is due at once"
+        );
     }
 }
 
@@ -218,14 +301,26 @@ async fn heartbeats_keep_a_long_job_leased() {
         let store = db.store().await;
         let id = enqueue(&store, NewJob::new("slow", ()).unwrap()).await;
         // The job outlives its 3 s lease twice over; heartbeats must keep others off it.
-        let (stop, run) = spawn_worker(&store, Registry::new().register("slow", Sleeps(Duration::from_secs(7))));
+        let (stop, run) = spawn_worker(
+            &store,
+            Registry::new().register("slow", Sleeps(Duration::from_secs(7))),
+        );
         eventually(20, "the job to be claimed", || async {
             store.get_job(id).await.unwrap().attempts == 1
         })
         .await;
-        let thief = store.claim_jobs("thief", 10, Duration::from_secs(3), Timestamp::now().add(Duration::from_secs(4)));
+        let thief = store.claim_jobs(
+            "thief",
+            10,
+            Duration::from_secs(3),
+            Timestamp::now().plus(Duration::from_secs(4)),
+        );
         tokio::time::sleep(Duration::from_secs(4)).await;
-        assert!(thief.await.unwrap().is_empty(), "{:?}: a running job's lease lapsed", db.flavor);
+        assert!(
+            thief.await.unwrap().is_empty(),
+            "{:?}: a running job's lease lapsed",
+            db.flavor
+        );
         eventually(20, "the job to finish", || is_gone(&store, id)).await;
         stop.cancel();
         run.await.unwrap();
@@ -253,7 +348,7 @@ async fn each_period_fires_once_across_schedulers() {
             fired += x + y;
         }
         assert_eq!(fired, 1, "{:?}", db.flavor);
-        let next_hour = now.add(Duration::from_secs(3600));
+        let next_hour = now.plus(Duration::from_secs(3600));
         assert_eq!(sb.tick(next_hour).await + sa.tick(next_hour).await, 1);
     }
 }
@@ -264,10 +359,14 @@ const CHILD_DB_VAR: &str = "WAYPOST_TEST_CHILD_DB";
 /// kills. Without the variable it does nothing.
 #[test]
 fn child_worker_process() {
-    let Ok(url) = std::env::var(CHILD_DB_VAR) else { return };
+    let Ok(url) = std::env::var(CHILD_DB_VAR) else {
+        return;
+    };
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
-        let store = Store::connect(&url.parse().unwrap(), &Default::default()).await.unwrap();
+        let store = Store::connect(&url.parse().unwrap(), &Default::default())
+            .await
+            .unwrap();
         let worker = Worker::with_id(
             store,
             Registry::new().register("hang", Sleeps(Duration::from_secs(3600))),
@@ -284,7 +383,10 @@ struct Records(Arc<std::sync::Mutex<Vec<(Timestamp, u32)>>>);
 #[async_trait]
 impl Handler for Records {
     async fn run(&self, ctx: &JobContext) -> Result<(), JobError> {
-        self.0.lock().unwrap().push((Timestamp::now(), ctx.job().attempts));
+        self.0
+            .lock()
+            .unwrap()
+            .push((Timestamp::now(), ctx.job().attempts));
         Ok(())
     }
 }
@@ -295,7 +397,12 @@ async fn a_killed_worker_process_loses_its_job_only_until_the_lease_expires() {
         let store = db.store().await;
         let id = enqueue(&store, NewJob::new("hang", ()).unwrap()).await;
         let mut child = std::process::Command::new(std::env::current_exe().unwrap())
-            .args(["--exact", "child_worker_process", "--nocapture", "--test-threads=1"])
+            .args([
+                "--exact",
+                "child_worker_process",
+                "--nocapture",
+                "--test-threads=1",
+            ])
             .env(CHILD_DB_VAR, &db.url)
             .stdout(std::process::Stdio::null())
             .spawn()
@@ -309,7 +416,10 @@ async fn a_killed_worker_process_loses_its_job_only_until_the_lease_expires() {
         let lease_end = store.get_job(id).await.unwrap().run_at;
 
         let runs = Arc::new(std::sync::Mutex::new(Vec::new()));
-        let (stop, run) = spawn_worker(&store, Registry::new().register("hang", Records(runs.clone())));
+        let (stop, run) = spawn_worker(
+            &store,
+            Registry::new().register("hang", Records(runs.clone())),
+        );
         eventually(30, "the job to be taken again", || is_gone(&store, id)).await;
         stop.cancel();
         run.await.unwrap();
@@ -317,6 +427,9 @@ async fn a_killed_worker_process_loses_its_job_only_until_the_lease_expires() {
         assert_eq!(runs.len(), 1, "{:?}", db.flavor);
         let (ran_at, attempt) = runs[0];
         assert_eq!(attempt, 2, "the killed attempt counts");
-        assert!(ran_at >= lease_end, "retaken at {ran_at} before the lease ended at {lease_end}");
+        assert!(
+            ran_at >= lease_end,
+            "retaken at {ran_at} before the lease ended at {lease_end}"
+        );
     }
 }

@@ -38,9 +38,20 @@ async fn a_tenant_never_reads_or_writes_another_tenants_rows_through_the_store()
         let listed = tx.list_api_keys(50, None).await.unwrap();
         assert_eq!(listed.data.len(), 1);
         assert!(listed.data.iter().all(|k| k.id != key_of_b.id));
-        assert_eq!(tx.get_api_key(key_of_b.id).await.unwrap_err().code(), ErrorCode::NotFound);
-        assert!(tx.find_api_key_by_prefix(&key_of_b.prefix).await.unwrap().is_none());
-        assert_eq!(tx.revoke_api_key(key_of_b.id).await.unwrap_err().code(), ErrorCode::NotFound);
+        assert_eq!(
+            tx.get_api_key(key_of_b.id).await.unwrap_err().code(),
+            ErrorCode::NotFound
+        );
+        assert!(
+            tx.find_api_key_by_prefix(&key_of_b.prefix)
+                .await
+                .unwrap()
+                .is_none()
+        );
+        assert_eq!(
+            tx.revoke_api_key(key_of_b.id).await.unwrap_err().code(),
+            ErrorCode::NotFound
+        );
         // The same prefix is free in another tenant: uniqueness is per tenant, no covert channel.
         let same_prefix = tx
             .create_api_key(NewApiKey {
@@ -64,7 +75,10 @@ async fn dedupe_keys_are_namespaced_by_tenant() {
         for tenant in [a, b] {
             let mut tx = store.tenant(tenant).await.unwrap();
             let job = NewJob::new("t", ()).unwrap().dedupe_key("same");
-            assert!(matches!(tx.enqueue(job).await.unwrap(), waypost_store::Enqueued::Created(_)));
+            assert!(matches!(
+                tx.enqueue(job).await.unwrap(),
+                waypost_store::Enqueued::Created(_)
+            ));
             tx.commit().await.unwrap();
         }
     }
@@ -86,7 +100,11 @@ async fn postgres_app_connections_never_run_as_owner_or_superuser() {
         let identity = store.identity().await.unwrap().unwrap();
         assert_eq!(identity.current_user, "waypost_app", "{:?}", db.flavor);
         assert!(!identity.superuser && !identity.bypass_rls, "{identity:?}");
-        let expected_session = if db.flavor == Flavor::Postgres { "waypost" } else { "postgres" };
+        let expected_session = if db.flavor == Flavor::Postgres {
+            "waypost"
+        } else {
+            "postgres"
+        };
         assert_eq!(identity.session_user, expected_session);
     }
 }
@@ -106,9 +124,14 @@ async fn postgres_without_a_tenant_set_sees_no_tenant_rows() {
             .get(0);
         assert_eq!(n, 0, "{:?}: no tenant set must mean no rows", db.flavor);
         // An empty setting (what a pooled connection reads after a transaction) is no tenant.
-        conn.execute("SELECT set_config('app.tenant_id', '', false)").await.unwrap();
-        let n: i64 =
-            sqlx::query("SELECT COUNT(*) FROM api_keys").fetch_one(&mut conn).await.unwrap().get(0);
+        conn.execute("SELECT set_config('app.tenant_id', '', false)")
+            .await
+            .unwrap();
+        let n: i64 = sqlx::query("SELECT COUNT(*) FROM api_keys")
+            .fetch_one(&mut conn)
+            .await
+            .unwrap()
+            .get(0);
         assert_eq!(n, 0);
         // The owner too is fenced in (FORCE ROW LEVEL SECURITY) when it is not a superuser.
         if db.flavor == Flavor::Postgres {
@@ -136,8 +159,11 @@ async fn postgres_rejects_writing_a_row_for_another_tenant() {
             .execute(&mut *tx)
             .await
             .unwrap();
-        let visible: i64 =
-            sqlx::query("SELECT COUNT(*) FROM api_keys").fetch_one(&mut *tx).await.unwrap().get(0);
+        let visible: i64 = sqlx::query("SELECT COUNT(*) FROM api_keys")
+            .fetch_one(&mut *tx)
+            .await
+            .unwrap()
+            .get(0);
         assert_eq!(visible, 1);
         let err = sqlx::query(
             "INSERT INTO api_keys (tenant_id, id, prefix, secret_hash, name, role, created_at) \
@@ -169,8 +195,14 @@ async fn postgres_rejects_writing_a_row_for_another_tenant() {
 
 /// Tables without customer data, read by the platform itself (the queue is coordinator-local
 /// under Citus). Every other table must be tenant-owned and protected.
-const PLATFORM_TABLES: &[&str] =
-    &["_sqlx_migrations", "tenants", "platform_meta", "jobs", "job_schedules", "job_probes"];
+const PLATFORM_TABLES: &[&str] = &[
+    "_sqlx_migrations",
+    "tenants",
+    "platform_meta",
+    "jobs",
+    "job_schedules",
+    "job_probes",
+];
 
 #[tokio::test]
 async fn postgres_catalog_every_tenant_table_is_protected() {
@@ -201,10 +233,19 @@ async fn postgres_catalog_every_tenant_table_is_protected() {
             }
             let (rls, forced, owner): (bool, bool, String) = (row.get(1), row.get(2), row.get(3));
             let (policy, tenant, pk): (bool, bool, bool) = (row.get(4), row.get(5), row.get(6));
-            assert!(tenant, "{name} is neither a platform table nor tenant-owned");
-            assert!(rls && forced && policy, "{name}: RLS {rls}, forced {forced}, policy {policy}");
+            assert!(
+                tenant,
+                "{name} is neither a platform table nor tenant-owned"
+            );
+            assert!(
+                rls && forced && policy,
+                "{name}: RLS {rls}, forced {forced}, policy {policy}"
+            );
             assert!(pk, "{name}: the primary key must start with tenant_id");
-            assert_ne!(owner, "waypost_app", "{name} is owned by the application role");
+            assert_ne!(
+                owner, "waypost_app",
+                "{name} is owned by the application role"
+            );
         }
         let (superuser, bypass): (bool, bool) = {
             let row = sqlx::query(

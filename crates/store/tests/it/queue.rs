@@ -23,7 +23,13 @@ async fn enqueue_is_transactional_and_deduplicated() {
         let mut tx = store.platform().await.unwrap();
         tx.enqueue(NewJob::new("t", ()).unwrap()).await.unwrap();
         tx.rollback().await.unwrap();
-        assert!(store.claim_jobs("w", 10, LEASE, Timestamp::now()).await.unwrap().is_empty());
+        assert!(
+            store
+                .claim_jobs("w", 10, LEASE, Timestamp::now())
+                .await
+                .unwrap()
+                .is_empty()
+        );
 
         let first = enqueue(&store, NewJob::new("t", 1).unwrap().dedupe_key("k")).await;
         assert!(matches!(first, Enqueued::Created(_)));
@@ -31,14 +37,26 @@ async fn enqueue_is_transactional_and_deduplicated() {
         assert_eq!(again, Enqueued::Duplicate, "{:?}", db.flavor);
 
         // Still deduplicating once done, until pruned.
-        let claimed = store.claim_jobs("w", 10, LEASE, Timestamp::now()).await.unwrap();
+        let claimed = store
+            .claim_jobs("w", 10, LEASE, Timestamp::now())
+            .await
+            .unwrap();
         assert_eq!(claimed.len(), 1);
         assert_eq!(claimed[0].payload, serde_json::json!(1));
         let mut tx = store.platform().await.unwrap();
         tx.complete_job(&claimed[0]).await.unwrap();
         tx.commit().await.unwrap();
-        assert_eq!(enqueue(&store, NewJob::new("t", 3).unwrap().dedupe_key("k")).await, Enqueued::Duplicate);
-        assert_eq!(store.prune_done_jobs(Timestamp::now().add(Duration::from_secs(1))).await.unwrap(), 1);
+        assert_eq!(
+            enqueue(&store, NewJob::new("t", 3).unwrap().dedupe_key("k")).await,
+            Enqueued::Duplicate
+        );
+        assert_eq!(
+            store
+                .prune_done_jobs(Timestamp::now().plus(Duration::from_secs(1)))
+                .await
+                .unwrap(),
+            1
+        );
         assert!(matches!(
             enqueue(&store, NewJob::new("t", 4).unwrap().dedupe_key("k")).await,
             Enqueued::Created(_)
@@ -58,22 +76,44 @@ async fn leases_hide_jobs_and_expire_and_fence_stale_workers() {
         assert_eq!(first.len(), 1);
         assert_eq!(first[0].attempts, 1);
         // Leased: invisible to others until the lease runs out.
-        assert!(store.claim_jobs("b", 10, LEASE, now).await.unwrap().is_empty());
-        let after_expiry = now.add(LEASE).add(Duration::from_millis(1));
-        let second = store.claim_jobs("b", 10, LEASE, after_expiry).await.unwrap();
+        assert!(
+            store
+                .claim_jobs("b", 10, LEASE, now)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        let after_expiry = now.plus(LEASE).plus(Duration::from_millis(1));
+        let second = store
+            .claim_jobs("b", 10, LEASE, after_expiry)
+            .await
+            .unwrap();
         assert_eq!(second.len(), 1, "{:?}", db.flavor);
         assert_eq!((second[0].id, second[0].attempts), (id, 2));
 
         // The first worker woke up late: it can neither complete nor fail the job.
         let mut tx = store.platform().await.unwrap();
-        assert_eq!(tx.complete_job(&first[0]).await.unwrap_err().code(), ErrorCode::Conflict);
+        assert_eq!(
+            tx.complete_job(&first[0]).await.unwrap_err().code(),
+            ErrorCode::Conflict
+        );
         tx.rollback().await.unwrap();
-        assert_eq!(store.fail_job(&first[0], "late", None).await.unwrap_err().code(), ErrorCode::Conflict);
+        assert_eq!(
+            store
+                .fail_job(&first[0], "late", None)
+                .await
+                .unwrap_err()
+                .code(),
+            ErrorCode::Conflict
+        );
 
         let mut tx = store.platform().await.unwrap();
         tx.complete_job(&second[0]).await.unwrap();
         tx.commit().await.unwrap();
-        assert_eq!(store.get_job(id).await.unwrap_err().code(), ErrorCode::NotFound);
+        assert_eq!(
+            store.get_job(id).await.unwrap_err().code(),
+            ErrorCode::NotFound
+        );
     }
 }
 
@@ -81,10 +121,19 @@ async fn leases_hide_jobs_and_expire_and_fence_stale_workers() {
 async fn delayed_jobs_wait_for_their_time() {
     for db in test_databases().await {
         let store = db.store().await;
-        let later = Timestamp::now().add(Duration::from_secs(60));
+        let later = Timestamp::now().plus(Duration::from_secs(60));
         enqueue(&store, NewJob::new("t", ()).unwrap().run_at(later)).await;
-        assert!(store.claim_jobs("w", 10, LEASE, Timestamp::now()).await.unwrap().is_empty());
-        assert_eq!(store.claim_jobs("w", 10, LEASE, later).await.unwrap().len(), 1);
+        assert!(
+            store
+                .claim_jobs("w", 10, LEASE, Timestamp::now())
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        assert_eq!(
+            store.claim_jobs("w", 10, LEASE, later).await.unwrap().len(),
+            1
+        );
     }
 }
 
@@ -98,27 +147,67 @@ async fn failures_retry_then_dead_letter_and_replay() {
             panic!()
         };
         let now = Timestamp::now();
-        let job = store.claim_jobs("w", 1, LEASE, now).await.unwrap().remove(0);
-        let retry_at = now.add(Duration::from_secs(5));
-        assert_eq!(store.fail_job(&job, "boom", Some(retry_at)).await.unwrap(), JobState::Pending);
+        let job = store
+            .claim_jobs("w", 1, LEASE, now)
+            .await
+            .unwrap()
+            .remove(0);
+        let retry_at = now.plus(Duration::from_secs(5));
+        assert_eq!(
+            store.fail_job(&job, "boom", Some(retry_at)).await.unwrap(),
+            JobState::Pending
+        );
         let record = store.get_job(id).await.unwrap();
-        assert_eq!((record.run_at, record.last_error.as_deref()), (retry_at, Some("boom")));
-        assert!(store.claim_jobs("w", 1, LEASE, now).await.unwrap().is_empty());
+        assert_eq!(
+            (record.run_at, record.last_error.as_deref()),
+            (retry_at, Some("boom"))
+        );
+        assert!(
+            store
+                .claim_jobs("w", 1, LEASE, now)
+                .await
+                .unwrap()
+                .is_empty()
+        );
 
-        let job = store.claim_jobs("w", 1, LEASE, retry_at).await.unwrap().remove(0);
+        let job = store
+            .claim_jobs("w", 1, LEASE, retry_at)
+            .await
+            .unwrap()
+            .remove(0);
         assert_eq!(job.attempts, 2);
-        assert_eq!(store.fail_job(&job, "boom again", None).await.unwrap(), JobState::Dead);
+        assert_eq!(
+            store.fail_job(&job, "boom again", None).await.unwrap(),
+            JobState::Dead
+        );
         let dead = store.list_jobs(Some(JobState::Dead), 10).await.unwrap();
         assert_eq!(dead.len(), 1);
         assert_eq!(dead[0].id, id);
-        assert!(store.claim_jobs("w", 1, LEASE, retry_at.add(LEASE)).await.unwrap().is_empty());
+        assert!(
+            store
+                .claim_jobs("w", 1, LEASE, retry_at.plus(LEASE))
+                .await
+                .unwrap()
+                .is_empty()
+        );
         let stats = store.queue_stats().await.unwrap();
-        assert!(stats.iter().any(|s| s.state == JobState::Dead && s.count == 1));
+        assert!(
+            stats
+                .iter()
+                .any(|s| s.state == JobState::Dead && s.count == 1)
+        );
 
         let replayed = store.replay_job(id).await.unwrap();
         assert_eq!((replayed.state, replayed.attempts), (JobState::Pending, 0));
-        assert_eq!(store.replay_job(id).await.unwrap_err().code(), ErrorCode::Conflict);
-        let job = store.claim_jobs("w", 1, LEASE, Timestamp::now()).await.unwrap().remove(0);
+        assert_eq!(
+            store.replay_job(id).await.unwrap_err().code(),
+            ErrorCode::Conflict
+        );
+        let job = store
+            .claim_jobs("w", 1, LEASE, Timestamp::now())
+            .await
+            .unwrap()
+            .remove(0);
         assert_eq!(job.attempts, 1, "{:?}", db.flavor);
     }
 }
@@ -134,13 +223,16 @@ async fn release_and_heartbeat_act_only_on_the_owners_leases() {
         let mine = store.claim_jobs("me", 2, LEASE, now).await.unwrap();
         let theirs = store.claim_jobs("them", 2, LEASE, now).await.unwrap();
         assert_eq!((mine.len(), theirs.len()), (2, 1));
-        let until = now.add(LEASE * 4);
+        let until = now.plus(LEASE * 4);
         assert_eq!(store.extend_leases("me", until).await.unwrap(), 2);
         assert_eq!(store.get_job(mine[0].id).await.unwrap().run_at, until);
         assert_eq!(store.release_jobs("me").await.unwrap(), 2);
         let released = store.get_job(mine[1].id).await.unwrap();
         assert_eq!(released.attempts, 0, "a released attempt does not count");
-        let again = store.claim_jobs("other", 10, LEASE, Timestamp::now()).await.unwrap();
+        let again = store
+            .claim_jobs("other", 10, LEASE, Timestamp::now())
+            .await
+            .unwrap();
         assert_eq!(again.len(), 2, "{:?}", db.flavor);
     }
 }
@@ -165,7 +257,10 @@ async fn concurrent_claimers_complete_every_job_exactly_once() {
             workers.push(tokio::spawn(async move {
                 let owner = format!("w{w}");
                 loop {
-                    let jobs = store.claim_jobs(&owner, 4, LEASE, Timestamp::now()).await.unwrap();
+                    let jobs = store
+                        .claim_jobs(&owner, 4, LEASE, Timestamp::now())
+                        .await
+                        .unwrap();
                     if jobs.is_empty() {
                         break;
                     }
@@ -181,7 +276,7 @@ async fn concurrent_claimers_complete_every_job_exactly_once() {
         for w in workers {
             w.await.unwrap();
         }
-        let seen = seen.lock().unwrap();
+        let seen = seen.lock().unwrap().clone();
         let unique: HashSet<_> = seen.iter().collect();
         assert_eq!(seen.len(), JOBS, "{:?}: duplicates or losses", db.flavor);
         assert_eq!(unique.len(), JOBS);
@@ -205,9 +300,19 @@ async fn a_recurring_period_fires_once_across_processes() {
         }
         assert_eq!(fired, 1, "{:?}", db.flavor);
         let next = Timestamp::from_millis(2_000_000);
-        assert!(a.fire_schedule("nightly", next, job()).await.unwrap().is_some());
+        assert!(
+            a.fire_schedule("nightly", next, job())
+                .await
+                .unwrap()
+                .is_some()
+        );
         // An older period never fires again.
-        assert!(b.fire_schedule("nightly", period, job()).await.unwrap().is_none());
+        assert!(
+            b.fire_schedule("nightly", period, job())
+                .await
+                .unwrap()
+                .is_none()
+        );
         let jobs = a.list_jobs(None, 10).await.unwrap();
         assert_eq!(jobs.len(), 2);
     }

@@ -1,0 +1,201 @@
+use std::collections::BTreeSet;
+
+use waypost_store::testkit::{Flavor, TestDb, test_databases};
+
+use crate::process::{Scratch, Server, run_json};
+
+#[tokio::test]
+async fn first_run_prints_a_working_owner_key_once_and_sigterm_stops_cleanly() {
+    let client = reqwest::Client::new();
+    // The README's first command: no flags beyond the port, SQLite in ./waypost-data.
+    let scratch = Scratch::new();
+    let mut server = Server::start(&scratch.0, &["--listen", "127.0.0.1:0"], &[]);
+    let key_line = server.wait_for_stdout("  wp_");
+    let key = key_line.trim().to_string();
+    assert!(scratch.0.join("waypost-data/waypost.db").exists());
+    let tenant = client
+        .get(server.url("/api/v1/tenant"))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(tenant.status(), 200);
+    assert_eq!(
+        tenant.json::<serde_json::Value>().await.unwrap()["name"],
+        "Default"
+    );
+    let (status, stderr) = server.terminate();
+    assert!(status.success(), "exit {status}: {stderr:?}");
+    assert!(stderr.iter().any(|l| l.contains("stopped")), "{stderr:?}");
+
+    let again = Server::start(&scratch.0, &["serve", "--listen", "127.0.0.1:0"], &[]);
+    assert!(
+        !again.stdout().iter().any(|l| l.contains("wp_")),
+        "the key was printed twice"
+    );
+    let still = client
+        .get(again.url("/api/v1/tenant"))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(still.status(), 200);
+    drop(again);
+
+    for db in test_databases()
+        .await
+        .into_iter()
+        .filter(|d| d.flavor != Flavor::Sqlite)
+    {
+        let dir = Scratch::new();
+        let mut server = Server::start(
+            &dir.0,
+            &["--listen", "127.0.0.1:0", "--database-url", &db.url],
+            &[],
+        );
+        let key = server.wait_for_stdout("  wp_").trim().to_string();
+        let tenant = client
+            .get(server.url("/api/v1/tenant"))
+            .bearer_auth(&key)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(tenant.status(), 200);
+        assert!(
+            !dir.0.join("waypost-data").exists(),
+            "PostgreSQL mode created a SQLite file"
+        );
+        let (status, _) = server.terminate();
+        assert!(status.success());
+    }
+}
+
+fn worker_env() -> Vec<(&'static str, &'static str)> {
+    vec![
+        ("WAYPOST_JOBS__POLL_INTERVAL_MS", "20"),
+        ("WAYPOST_JOBS__CONCURRENCY", "4"),
+    ]
+}
+
+#[tokio::test]
+async fn two_processes_on_one_postgres_run_every_job_exactly_once() {
+    let Some(db) = TestDb::postgres(Flavor::Postgres).await else {
+        return;
+    };
+    let scratch = Scratch::new();
+    let url = db.url.as_str();
+    let args = [
+        "serve",
+        "--no-http",
+        "--no-scheduler",
+        "--database-url",
+        url,
+    ];
+    let a = Server::start(&scratch.0, &args, &worker_env());
+    let b = Server::start(&scratch.0, &args, &worker_env());
+    let status = run_json(
+        &scratch.0,
+        &[
+            "jobs",
+            "probe",
+            "--count",
+            "1000",
+            "--json",
+            "--database-url",
+            url,
+        ],
+    );
+    assert_eq!(status["completed"], 1000, "{status}");
+    assert_eq!(status["duplicated"], 0, "{status}");
+    let by_worker = status["by_worker"].as_object().unwrap();
+    assert_eq!(
+        by_worker.len(),
+        2,
+        "both processes should have taken jobs: {status}"
+    );
+    assert!(by_worker.values().all(|n| n.as_u64().unwrap() > 0));
+    for server in [a, b] {
+        let (exit, _) = server.terminate();
+        assert!(exit.success());
+    }
+}
+
+#[tokio::test]
+async fn a_recurring_job_runs_once_per_period_across_processes() {
+    for db in test_databases().await {
+        if db.flavor == Flavor::Sqlite {
+            // SQLite is the single-process embedded mode; one scheduler is enough there.
+            continue;
+        }
+        let scratch = Scratch::new();
+        let url = db.url.as_str();
+        let mut env = worker_env();
+        env.extend([
+            ("WAYPOST_JOBS__PRUNE_EVERY_SECS", "1"),
+            ("WAYPOST_JOBS__PRUNE_OFFSET_SECS", "0"),
+            ("WAYPOST_SCHEDULER__TICK_MS", "50"),
+        ]);
+        let args = ["serve", "--no-http", "--database-url", url];
+        let a = Server::start(&scratch.0, &args, &env);
+        let b = Server::start(&scratch.0, &args, &env);
+        tokio::time::sleep(std::time::Duration::from_millis(4500)).await;
+        for server in [a, b] {
+            assert!(server.terminate().0.success());
+        }
+        let jobs = run_json(
+            &scratch.0,
+            &[
+                "jobs",
+                "list",
+                "--state",
+                "done",
+                "--limit",
+                "1000",
+                "--json",
+                "--database-url",
+                url,
+            ],
+        );
+        let mut periods = BTreeSet::new();
+        for job in jobs
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|j| j["kind"] == "system.prune_jobs")
+        {
+            assert_eq!(job["attempts"], 1, "{job}");
+            let key = job["dedupe_key"].as_str().unwrap();
+            let period: i64 = key.rsplit(':').next().unwrap().parse().unwrap();
+            assert!(periods.insert(period), "period {period} ran twice");
+        }
+        assert!(
+            periods.len() >= 3,
+            "only {} periods ran: {periods:?}",
+            periods.len()
+        );
+        let first = *periods.first().unwrap();
+        let expected: BTreeSet<i64> = (0..periods.len() as i64)
+            .map(|i| first + i * 1000)
+            .collect();
+        assert_eq!(periods, expected, "a period was skipped");
+        let pending = run_json(
+            &scratch.0,
+            &[
+                "jobs",
+                "list",
+                "--state",
+                "pending",
+                "--json",
+                "--database-url",
+                url,
+            ],
+        );
+        assert!(
+            pending
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|j| j["kind"] != "system.prune_jobs" || j["attempts"] == 0)
+        );
+    }
+}
