@@ -331,26 +331,19 @@ impl Store {
     ) -> Result<Vec<ClaimedJob>> {
         let mut tx = self.platform().await?;
         let until = now.plus(lease).as_millis();
-        let rows = match &mut tx.conn {
-            Conn::Sqlite(c) => {
-                sqlx::query_as::<_, ClaimRow>(CLAIM_SQLITE)
-                    .bind(until)
-                    .bind(owner)
-                    .bind(now.as_millis())
-                    .bind(i64::from(limit))
-                    .fetch_all(&mut **c)
-                    .await
-            }
-            Conn::Postgres(c) => {
-                sqlx::query_as::<_, ClaimRow>(CLAIM_POSTGRES)
-                    .bind(until)
-                    .bind(owner)
-                    .bind(now.as_millis())
-                    .bind(i64::from(limit))
-                    .fetch_all(&mut **c)
-                    .await
-            }
-        }
+        let sql = match tx.conn {
+            Conn::Sqlite(_) => CLAIM_SQLITE,
+            Conn::Postgres(_) => CLAIM_POSTGRES,
+        };
+        let rows = on_conn!(&mut tx.conn, |c| {
+            sqlx::query_as::<_, ClaimRow>(sql)
+                .bind(until)
+                .bind(owner)
+                .bind(now.as_millis())
+                .bind(i64::from(limit))
+                .fetch_all(c)
+                .await
+        })
         .map_err(db_error)?;
         tx.commit().await?;
         rows.into_iter()
