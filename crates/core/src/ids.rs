@@ -79,6 +79,16 @@ uuid_id!(
     "API key"
 );
 uuid_id!(
+    /// A person who signs in (a tenant member or a platform operator).
+    UserId,
+    "user"
+);
+uuid_id!(
+    /// An encrypted secret stored for a tenant.
+    SecretId,
+    "secret"
+);
+uuid_id!(
     /// A job in the durable queue.
     JobId,
     "job"

@@ -8,7 +8,7 @@ mod role;
 mod time;
 
 pub use error::{Error, ErrorCode, Result};
-pub use ids::{ApiKeyId, JobId, TenantId};
+pub use ids::{ApiKeyId, JobId, SecretId, TenantId, UserId};
 pub use page::{Cursor, Page, PageRequest};
 pub use role::Role;
 pub use time::Timestamp;

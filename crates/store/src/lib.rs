@@ -4,19 +4,27 @@
 //! tenant into every query and, on PostgreSQL, into the transaction for row-level security.
 
 mod api_keys;
+mod audit;
 mod connect;
 mod jobs;
 mod probes;
 mod schedules;
+mod secrets;
+mod settings;
 mod tenants;
 mod tx;
+mod users;
 
 pub use api_keys::{ApiKey, ApiKeyWithSecret, NewApiKey};
+pub use audit::{AuditEvent, AuditFilter, AuditRecord, ChainReport, broken_chain_error};
 pub use connect::{DatabaseUrl, Engine, Identity, Readiness, SqliteSync, Store, StoreOptions};
 pub use jobs::{ClaimedJob, Enqueued, JobRecord, JobState, KindStats, NewJob};
 pub use probes::{PROBE_JOB_KIND, ProbeStatus};
+pub use secrets::{SecretStatus, StoredKey, StoredSecret};
+pub use settings::{AiSettingsRecord, TenantSettings};
 pub use tenants::Tenant;
 pub use tx::{Platform, Scope, Tenant as TenantScope, Tx};
+pub use users::{Membership, NewSession, SessionRecord, User, UserWithPassword, normalize_email};
 
 /// The PostgreSQL role the application works as; see migrations/postgres/0001_foundation.sql.
 pub const APP_ROLE: &str = "waypost_app";

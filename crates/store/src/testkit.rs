@@ -60,6 +60,22 @@ impl TestDb {
         }
     }
 
+    /// A URL that reaches this database as a superuser, bypassing row-level security (for
+    /// tests that play an intruder). For SQLite, the same file.
+    pub fn superuser_url(&self) -> String {
+        match &self.cleanup {
+            Cleanup::Dir(_) => self.url.clone(),
+            Cleanup::Database { admin_url, name } => {
+                let mut url = match admin_url.parse::<url::Url>() {
+                    Ok(url) => url,
+                    Err(err) => panic!("{TEST_DATABASE_URL_VAR} is not a URL: {err}"),
+                };
+                url.set_path(name);
+                url.to_string()
+            }
+        }
+    }
+
     pub fn sqlite() -> TestDb {
         let dir = std::env::temp_dir().join(format!("waypost-test-{}", uuid::Uuid::now_v7()));
         let url = format!("sqlite://{}", dir.join("waypost.db").display());

@@ -202,6 +202,13 @@ const PLATFORM_TABLES: &[&str] = &[
     "jobs",
     "job_schedules",
     "job_probes",
+    "users",
+    "memberships",
+    "sessions",
+    "auth_failures",
+    "encryption_keys",
+    "platform_audit_events",
+    "platform_audit_head",
 ];
 
 #[tokio::test]
