@@ -1,13 +1,15 @@
-//! The HTTP interface: JSON under `/api/v1` with bearer API keys, RFC 9457 problem details
-//! with stable codes, cursor pagination, an OpenAPI 3.1 document generated from the handlers,
-//! and the operational endpoints `/healthz`, `/readyz` and `/metrics`.
+//! The HTTP interface: JSON under `/api/v1` with bearer API keys or session cookies, one
+//! declarative authorization table, RFC 9457 problem details with stable codes, cursor
+//! pagination, an OpenAPI 3.1 document generated from the handlers, and the operational
+//! endpoints `/healthz`, `/readyz` and `/metrics`.
 
 mod auth;
+pub mod authz;
 mod metrics;
 mod problem;
 mod routes;
 
-use std::{sync::Arc, time::Duration};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use axum::{Router, http::HeaderName};
 use tokio::{net::TcpListener, sync::Notify};
@@ -19,18 +21,62 @@ use tower_http::{
     trace::TraceLayer,
 };
 use waypost_store::Store;
+use waypost_vault::Vault;
 
-pub use auth::{ApiKeySecret, Auth};
+pub use auth::{ApiKeySecret, Auth, CSRF_HEADER, SESSION_COOKIE, random_bytes};
 pub use metrics::install_recorder;
 pub use problem::ApiError;
+
+/// Sign-in and session policy.
+#[derive(Debug, Clone)]
+pub struct AuthConfig {
+    /// A session unused this long ends.
+    pub session_idle: Duration,
+    /// A session ends this long after sign-in, used or not.
+    pub session_absolute: Duration,
+    /// Failed sign-ins per IP per hour before further attempts are refused.
+    pub max_failures_per_ip: i64,
+    /// Failed sign-ins per account per hour before further attempts are refused.
+    pub max_failures_per_account: i64,
+    /// Mark the session cookie `Secure` (sent over HTTPS only).
+    pub secure_cookies: bool,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            session_idle: Duration::from_secs(30 * 60),
+            session_absolute: Duration::from_secs(12 * 3600),
+            max_failures_per_ip: 100,
+            max_failures_per_account: 20,
+            secure_cookies: true,
+        }
+    }
+}
 
 /// What every handler can reach.
 #[derive(Clone)]
 pub struct AppState {
     pub store: Store,
+    pub vault: Arc<Vault>,
+    pub auth: AuthConfig,
     pub metrics: ::metrics_exporter_prometheus::PrometheusHandle,
     /// Pokes this process's job worker when a request enqueues work.
     pub worker_wake: Option<Arc<Notify>>,
+    openapi: Arc<utoipa::openapi::OpenApi>,
+}
+
+impl AppState {
+    pub fn new(store: Store, vault: Arc<Vault>, auth: AuthConfig) -> Self {
+        Self {
+            store,
+            vault,
+            auth,
+            metrics: install_recorder(),
+            worker_wake: None,
+            openapi: Arc::new(openapi()),
+        }
+    }
 }
 
 const MAX_BODY_BYTES: usize = 1024 * 1024;
@@ -38,20 +84,16 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The OpenAPI document, as served at `/api/openapi.json`.
 pub fn openapi() -> utoipa::openapi::OpenApi {
-    routes::router().split_for_parts().1
+    routes::router().1
 }
 
 pub fn router(state: AppState) -> Router {
     let request_id = HeaderName::from_static("x-request-id");
-    let (api, openapi) = routes::router().split_for_parts();
-    let openapi = Arc::new(openapi);
-    api.route(
-        "/api/openapi.json",
-        axum::routing::get(move || {
-            let doc = openapi.clone();
-            async move { axum::Json(doc.as_ref().clone()) }
-        }),
-    )
+    let (api, _) = routes::router();
+    api.route_layer(axum::middleware::from_fn_with_state(
+        state.clone(),
+        authz::authorize,
+    ))
     .route_layer(axum::middleware::from_fn(metrics::track_requests))
     .fallback(problem::not_found)
     .method_not_allowed_fallback(problem::method_not_allowed)
@@ -72,7 +114,10 @@ pub async fn serve(
     state: AppState,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await
+    axum::serve(
+        listener,
+        router(state).into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move { shutdown.cancelled().await })
+    .await
 }

@@ -3,7 +3,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use uuid::Uuid;
 use waypost_core::{Error, Timestamp};
-use waypost_store::{NewJob, PROBE_JOB_KIND};
+use waypost_store::{AuditEvent, NewJob, PROBE_JOB_KIND};
 
 use crate::{
     Recurring,
@@ -11,6 +11,7 @@ use crate::{
 };
 
 pub const PRUNE_JOBS_KIND: &str = "system.prune_jobs";
+pub const AUDIT_RETENTION_KIND: &str = "system.audit_retention";
 
 /// Deletes done jobs older than `keep`, releasing their dedupe keys.
 pub struct PruneDoneJobs {
@@ -50,6 +51,69 @@ impl Handler for RecordProbe {
     }
 }
 
+/// Enforces audit retention: each tenant's records older than its `audit_retention_days`,
+/// and platform records older than `platform_keep`, are deleted. Every prune appends an
+/// `audit.pruned` record, so a chain is never silently emptied. Also drops expired sessions
+/// and stale sign-in failure counts.
+pub struct AuditRetention {
+    pub platform_keep: Duration,
+}
+
+fn system_event(pruned: u64, before: Timestamp) -> AuditEvent {
+    AuditEvent {
+        actor_type: "system",
+        actor_id: Some(AUDIT_RETENTION_KIND.to_string()),
+        action: "audit.pruned".into(),
+        target_type: Some("audit_events".into()),
+        target_id: Some(format!("{pruned} records before {before}")),
+        outcome: "success",
+        ..AuditEvent::default()
+    }
+}
+
+#[async_trait]
+impl Handler for AuditRetention {
+    async fn run(&self, ctx: &JobContext) -> Result<(), JobError> {
+        let store = ctx.store();
+        let now = Timestamp::now();
+        let tenants = store.platform_read().await?.list_tenants().await?;
+        for tenant in tenants {
+            let mut tx = store.tenant(tenant.id).await?;
+            let days =
+                u64::try_from(tx.tenant_settings().await?.audit_retention_days).unwrap_or(365);
+            let before = now.minus(Duration::from_secs(days * 86_400));
+            let pruned = tx.prune_audit(before).await?;
+            if pruned > 0 {
+                tx.audit(system_event(pruned, before)).await?;
+            }
+            tx.commit().await?;
+        }
+        let mut tx = store.platform().await?;
+        let before = now.minus(self.platform_keep);
+        let pruned = tx.prune_platform_audit(before).await?;
+        if pruned > 0 {
+            tx.audit(system_event(pruned, before)).await?;
+        }
+        tx.prune_auth_state(now.minus(Duration::from_secs(86_400)))
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+}
+
+/// The recurring audit-retention job.
+pub fn audit_retention_schedule(every: Duration, offset: Duration) -> Recurring {
+    fn job() -> Result<NewJob, Error> {
+        NewJob::new(AUDIT_RETENTION_KIND, serde_json::json!({}))
+    }
+    Recurring {
+        name: AUDIT_RETENTION_KIND.to_string(),
+        every,
+        offset,
+        job,
+    }
+}
+
 /// The recurring prune job.
 pub fn prune_schedule(every: Duration, offset: Duration) -> Recurring {
     fn job() -> Result<NewJob, Error> {
@@ -65,7 +129,7 @@ pub fn prune_schedule(every: Duration, offset: Duration) -> Recurring {
 
 impl Registry {
     /// The handlers every Waypost process runs.
-    pub fn with_builtins(keep_done_jobs: Duration) -> Self {
+    pub fn with_builtins(keep_done_jobs: Duration, platform_audit_keep: Duration) -> Self {
         Registry::new()
             .register(
                 PRUNE_JOBS_KIND,
@@ -74,5 +138,11 @@ impl Registry {
                 },
             )
             .register(PROBE_JOB_KIND, RecordProbe)
+            .register(
+                AUDIT_RETENTION_KIND,
+                AuditRetention {
+                    platform_keep: platform_audit_keep,
+                },
+            )
     }
 }

@@ -9,7 +9,10 @@ mod scheduler;
 mod worker;
 
 pub use backoff::Backoff;
-pub use builtin::{PRUNE_JOBS_KIND, PruneDoneJobs, RecordProbe, prune_schedule};
+pub use builtin::{
+    AUDIT_RETENTION_KIND, AuditRetention, PRUNE_JOBS_KIND, PruneDoneJobs, RecordProbe,
+    audit_retention_schedule, prune_schedule,
+};
 pub use handler::{Handler, JobContext, JobError, Registry};
 pub use scheduler::{Recurring, Scheduler};
 pub use worker::{Worker, WorkerConfig, worker_id};

@@ -76,6 +76,73 @@ impl TestDb {
         }
     }
 
+    /// Runs one statement as a superuser (bypassing the application's role and row-level
+    /// security), as an intruder with database access would.
+    pub async fn execute_as_superuser(&self, sql: &str) {
+        let result = match self.flavor {
+            Flavor::Sqlite => {
+                let mut conn = match sqlx::SqliteConnection::connect(&self.url).await {
+                    Ok(conn) => conn,
+                    Err(err) => panic!("cannot open {}: {err}", self.url),
+                };
+                conn.execute(sqlx::AssertSqlSafe(sql.to_string()))
+                    .await
+                    .map(|_| ())
+            }
+            _ => {
+                let mut conn = admin_connection(&self.superuser_url()).await;
+                conn.execute(sqlx::AssertSqlSafe(sql.to_string()))
+                    .await
+                    .map(|_| ())
+            }
+        };
+        if let Err(err) = result {
+            panic!("{sql}: {err}");
+        }
+    }
+
+    /// Every byte the database holds, as text: the SQLite files, or every row of every table
+    /// on PostgreSQL. For scans that prove something is stored nowhere in plain text.
+    pub async fn dump(&self) -> Vec<u8> {
+        match self.flavor {
+            Flavor::Sqlite => {
+                let path = self.url.trim_start_matches("sqlite://");
+                let mut bytes = Vec::new();
+                for suffix in ["", "-wal", "-shm"] {
+                    bytes.extend(std::fs::read(format!("{path}{suffix}")).unwrap_or_default());
+                }
+                bytes
+            }
+            _ => {
+                let mut conn = admin_connection(&self.superuser_url()).await;
+                let tables: Vec<String> = match sqlx::query_scalar(
+                    "SELECT tablename::text FROM pg_tables WHERE schemaname = 'public'",
+                )
+                .fetch_all(&mut conn)
+                .await
+                {
+                    Ok(tables) => tables,
+                    Err(err) => panic!("listing tables: {err}"),
+                };
+                let mut bytes = Vec::new();
+                for table in tables {
+                    let sql = format!("SELECT CAST(t AS text) FROM \"{table}\" t");
+                    let rows: Vec<String> = match sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+                        .fetch_all(&mut conn)
+                        .await
+                    {
+                        Ok(rows) => rows,
+                        Err(err) => panic!("dumping {table}: {err}"),
+                    };
+                    for row in rows {
+                        bytes.extend(row.into_bytes());
+                    }
+                }
+                bytes
+            }
+        }
+    }
+
     pub fn sqlite() -> TestDb {
         let dir = std::env::temp_dir().join(format!("waypost-test-{}", uuid::Uuid::now_v7()));
         let url = format!("sqlite://{}", dir.join("waypost.db").display());

@@ -57,6 +57,81 @@ pub enum Command {
     /// Inspect and operate the job queue.
     #[command(subcommand)]
     Jobs(JobsCommand),
+    /// Manage people who sign in.
+    #[command(subcommand)]
+    User(UserCommand),
+    /// Check the audit trail.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+    /// Manage the encryption keys for secrets at rest.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum UserCommand {
+    /// Create a user, optionally as a member of a tenant. Prints a generated password once
+    /// unless --password-stdin is given.
+    Create {
+        #[arg(long)]
+        email: String,
+        #[arg(long, value_name = "TENANT_ID", requires = "role")]
+        tenant: Option<String>,
+        /// owner, admin, agent, analyst or viewer (with --tenant).
+        #[arg(long, requires = "tenant")]
+        role: Option<String>,
+        /// A platform operator (manages tenants; sees tenant data redacted by default).
+        #[arg(long)]
+        operator: bool,
+        /// Read the password from the first line of standard input.
+        #[arg(long)]
+        password_stdin: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Set a new password and end all of the user's sessions.
+    ResetPassword {
+        #[arg(long)]
+        email: String,
+        #[arg(long)]
+        password_stdin: bool,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Verify the hash chains (one tenant's, or the platform's and every tenant's) and report
+    /// the first broken link. Exits non-zero if any chain is broken.
+    Verify {
+        #[arg(long, value_name = "TENANT_ID")]
+        tenant: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Print a new random master key (base64) for WAYPOST_MASTER_KEY.
+    GenerateMaster,
+    /// List data keys and their state.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Add a data key, make it active, and re-encrypt every stored secret with it (online).
+    Rotate {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Retire a previous data key once no secret uses it.
+    Retire {
+        key_id: i64,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Clone, Args, Default)]

@@ -1,13 +1,17 @@
-use std::{str::FromStr, time::Duration};
+use std::{str::FromStr, sync::Arc, time::Duration};
 
 use serde_json::json;
 use tracing_subscriber::{EnvFilter, fmt, prelude::*};
 use waypost_api::ApiKeySecret;
 use waypost_core::{ApiKeyId, Error, ErrorCode, JobId, Result, Role, TenantId};
-use waypost_store::{JobState, NewApiKey, Store};
+use waypost_store::{AuditEvent, JobState, NewApiKey, Store, broken_chain_error};
+use waypost_vault::Vault;
 
 use crate::{
-    cli::{ApiKeyCommand, Cli, Command, GlobalArgs, JobsCommand, ServeArgs, TenantCommand},
+    cli::{
+        ApiKeyCommand, AuditCommand, Cli, Command, GlobalArgs, JobsCommand, KeysCommand, ServeArgs,
+        TenantCommand, UserCommand,
+    },
     config::Config,
     serve,
 };
@@ -70,6 +74,26 @@ pub async fn run(cli: Cli) -> Result<()> {
             store.close().await;
             result
         }
+        Command::User(cmd) => {
+            let store = open_store(&config).await?;
+            let result = user(&store, cmd).await;
+            store.close().await;
+            result
+        }
+        Command::Audit(AuditCommand::Verify { tenant, json }) => {
+            let store = open_store(&config).await?;
+            let result = audit_verify(&store, tenant.as_deref(), json).await;
+            store.close().await;
+            result
+        }
+        // Needs no database: it only makes a key.
+        Command::Keys(KeysCommand::GenerateMaster) => print_new_master_key(),
+        Command::Keys(cmd) => {
+            let store = open_store(&config).await?;
+            let result = keys(&config, &store, cmd).await;
+            store.close().await;
+            result
+        }
     }
 }
 
@@ -119,6 +143,20 @@ fn init_logging(config: &Config, serving: bool) {
 
 pub async fn open_store(config: &Config) -> Result<Store> {
     Store::connect(&config.database_url()?, &config.store_options()?).await
+}
+
+/// Loads the master key (creating the embedded default's key file on first use) and the
+/// keyring.
+pub async fn open_vault(config: &Config, store: &Store) -> Result<Arc<Vault>> {
+    let (master, created) = config.master_key()?;
+    if let Some(path) = created {
+        println!(
+            "Created the master key file {} (mode 0600). Back it up with the database: \
+             without it, stored secrets cannot be decrypted.",
+            path.display()
+        );
+    }
+    Ok(Arc::new(Vault::open(store.clone(), master).await?))
 }
 
 /// Prints `value` as JSON, or the human line.
@@ -322,6 +360,208 @@ async fn jobs(store: &Store, cmd: JobsCommand) -> Result<()> {
                     ),
                 ));
             }
+        }
+    }
+    Ok(())
+}
+
+fn system_event(action: &str, target_type: &str, target_id: impl ToString) -> AuditEvent {
+    AuditEvent {
+        actor_type: "system",
+        actor_id: Some("cli".into()),
+        action: action.into(),
+        target_type: Some(target_type.into()),
+        target_id: Some(target_id.to_string()),
+        outcome: "success",
+        ..AuditEvent::default()
+    }
+}
+
+/// A password from stdin, or a generated one (returned so it can be shown once).
+fn password(from_stdin: bool) -> Result<(String, bool)> {
+    if from_stdin {
+        let mut line = String::new();
+        std::io::stdin().read_line(&mut line).map_err(|e| {
+            Error::new(
+                ErrorCode::InvalidRequest,
+                format!("cannot read the password from stdin: {e}"),
+            )
+        })?;
+        return Ok((line.trim_end_matches(['\r', '\n']).to_string(), false));
+    }
+    let bytes: [u8; 18] = waypost_api::random_bytes()?;
+    Ok((
+        base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, bytes),
+        true,
+    ))
+}
+
+async fn user(store: &Store, cmd: UserCommand) -> Result<()> {
+    match cmd {
+        UserCommand::Create {
+            email,
+            tenant,
+            role,
+            operator,
+            password_stdin,
+            json,
+        } => {
+            let membership = match (tenant, role) {
+                (Some(t), Some(r)) => {
+                    Some((existing_tenant(store, &t).await?, Role::from_str(&r)?))
+                }
+                _ => None,
+            };
+            let (password, generated) = password(password_stdin)?;
+            let hash = waypost_vault::hash_password(&password)?;
+            let mut tx = store.platform().await?;
+            let user = tx.create_user(&email, &hash, operator).await?;
+            tx.audit(system_event("user.create", "user", user.id))
+                .await?;
+            if let Some((tenant, role)) = membership {
+                tx.set_membership(tenant, user.id, role).await?;
+            }
+            tx.commit().await?;
+            if let Some((tenant, role)) = membership {
+                let mut tx = store.tenant(tenant).await?;
+                let mut event = system_event("member.add", "user", user.id);
+                event.reason = Some(format!("role {role}"));
+                tx.audit(event).await?;
+                tx.commit().await?;
+            }
+            let mut value = to_json(&user)?;
+            if generated {
+                value["password"] = json!(password);
+            }
+            print(json, value, || {
+                let mut text = format!("created user {} ({})", user.email, user.id);
+                if generated {
+                    text.push_str(&format!("\npassword (shown once): {password}"));
+                }
+                text
+            });
+        }
+        UserCommand::ResetPassword {
+            email,
+            password_stdin,
+            json,
+        } => {
+            let (password, generated) = password(password_stdin)?;
+            let hash = waypost_vault::hash_password(&password)?;
+            let mut tx = store.platform().await?;
+            let user = tx
+                .find_user_by_email(&email)
+                .await?
+                .ok_or_else(|| {
+                    Error::new(ErrorCode::NotFound, format!("no user with email {email}"))
+                })?
+                .user;
+            tx.set_password_hash(user.id, &hash).await?;
+            let ended = tx.revoke_other_sessions(user.id, None).await?;
+            tx.audit(system_event("auth.password_reset", "user", user.id))
+                .await?;
+            tx.commit().await?;
+            let mut value = json!({ "id": user.id, "email": user.email, "sessions_ended": ended });
+            if generated {
+                value["password"] = json!(password);
+            }
+            print(json, value, || {
+                let mut text = format!(
+                    "password reset for {}; {ended} session(s) ended",
+                    user.email
+                );
+                if generated {
+                    text.push_str(&format!("\nnew password (shown once): {password}"));
+                }
+                text
+            });
+        }
+    }
+    Ok(())
+}
+
+async fn audit_verify(store: &Store, tenant: Option<&str>, json: bool) -> Result<()> {
+    let chains = match tenant {
+        Some(raw) => vec![Some(existing_tenant(store, raw).await?)],
+        None => {
+            let mut tx = store.platform_read().await?;
+            let tenants = tx.list_tenants().await?;
+            std::iter::once(None)
+                .chain(tenants.into_iter().map(|t| Some(t.id)))
+                .collect()
+        }
+    };
+    let mut reports = Vec::new();
+    for chain in chains {
+        reports.push(store.verify_audit(chain).await?);
+    }
+    print(json, to_json(&reports)?, || {
+        reports
+            .iter()
+            .map(|r| match r.first_broken_seq {
+                None => format!("{}: {} records, intact", r.chain, r.records),
+                Some(seq) => format!("{}: BROKEN at record {seq}", r.chain),
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    });
+    match reports.iter().find_map(broken_chain_error) {
+        Some(err) => Err(err),
+        None => Ok(()),
+    }
+}
+
+fn print_new_master_key() -> Result<()> {
+    println!(
+        "{}",
+        waypost_vault::MasterKey::generate()?.to_base64().as_str()
+    );
+    Ok(())
+}
+
+async fn keys(config: &Config, store: &Store, cmd: KeysCommand) -> Result<()> {
+    match cmd {
+        KeysCommand::GenerateMaster => print_new_master_key()?,
+        KeysCommand::List { json } => {
+            let mut tx = store.platform_read().await?;
+            let keys = tx.encryption_keys().await?;
+            let listed: Vec<_> = keys
+                .iter()
+                .map(|k| json!({ "id": k.id, "state": k.state, "created_at": waypost_core::Timestamp::from_millis(k.created_at) }))
+                .collect();
+            print(json, json!(listed), || {
+                keys.iter()
+                    .map(|k| format!("{}  {}", k.id, k.state))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            });
+        }
+        KeysCommand::Rotate { json } => {
+            let report = open_vault(config, store).await?.rotate().await?;
+            let mut tx = store.platform().await?;
+            tx.audit(system_event(
+                "keys.rotate",
+                "encryption_key",
+                report.active_key,
+            ))
+            .await?;
+            tx.commit().await?;
+            print(json, to_json(&report)?, || {
+                format!(
+                    "key {} is active; {} secret(s) re-encrypted, {} changed meanwhile (run again to catch them)",
+                    report.active_key, report.reencrypted, report.skipped
+                )
+            });
+        }
+        KeysCommand::Retire { key_id, json } => {
+            open_vault(config, store).await?.retire(key_id).await?;
+            let mut tx = store.platform().await?;
+            tx.audit(system_event("keys.retire", "encryption_key", key_id))
+                .await?;
+            tx.commit().await?;
+            print(json, json!({ "retired": key_id }), || {
+                format!("key {key_id} retired")
+            });
         }
     }
     Ok(())

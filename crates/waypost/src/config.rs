@@ -20,6 +20,64 @@ pub struct Config {
     pub jobs: JobsConfig,
     pub scheduler: SchedulerConfig,
     pub log: LogConfig,
+    pub secrets: SecretsConfig,
+    pub auth: AuthSection,
+    pub audit: AuditConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SecretsConfig {
+    /// Master key file. Empty: `WAYPOST_MASTER_KEY`, else (SQLite only) `data_dir/master.key`.
+    pub master_key_file: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthSection {
+    pub session_idle_minutes: u64,
+    pub session_absolute_hours: u64,
+    pub max_failures_per_ip_per_hour: u32,
+    pub max_failures_per_account_per_hour: u32,
+    pub secure_cookies: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditConfig {
+    pub platform_retention_days: u64,
+    pub retention_every_secs: u64,
+    pub retention_offset_secs: u64,
+}
+
+impl Default for SecretsConfig {
+    fn default() -> Self {
+        Self {
+            master_key_file: String::new(),
+        }
+    }
+}
+
+impl Default for AuthSection {
+    fn default() -> Self {
+        Self {
+            session_idle_minutes: 30,
+            session_absolute_hours: 12,
+            max_failures_per_ip_per_hour: 100,
+            max_failures_per_account_per_hour: 20,
+            secure_cookies: true,
+        }
+    }
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        Self {
+            platform_retention_days: 365,
+            retention_every_secs: 86_400,
+            retention_offset_secs: 4 * 3600,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -78,6 +136,9 @@ impl Default for Config {
             jobs: JobsConfig::default(),
             scheduler: SchedulerConfig::default(),
             log: LogConfig::default(),
+            secrets: SecretsConfig::default(),
+            auth: AuthSection::default(),
+            audit: AuditConfig::default(),
         }
     }
 }
@@ -137,8 +198,10 @@ impl Default for LogConfig {
 
 /// Environment variables with the `WAYPOST_` prefix that are not configuration keys.
 fn is_reserved_env(name: &str) -> bool {
-    name == "WAYPOST_CONFIG" || name.starts_with("WAYPOST_TEST_")
+    matches!(name, "WAYPOST_CONFIG" | "WAYPOST_MASTER_KEY") || name.starts_with("WAYPOST_TEST_")
 }
+
+pub const MASTER_KEY_VAR: &str = "WAYPOST_MASTER_KEY";
 
 #[track_caller]
 fn invalid(message: impl Into<String>) -> Error {
@@ -214,6 +277,15 @@ impl Config {
                 "jobs.concurrency and database.max_connections must be at least 1",
             ));
         }
+        if self.auth.session_idle_minutes == 0
+            || self.auth.session_absolute_hours == 0
+            || self.audit.retention_every_secs == 0
+            || self.audit.platform_retention_days == 0
+        {
+            return Err(invalid(
+                "auth session lifetimes, audit.retention_every_secs and audit.platform_retention_days must be at least 1",
+            ));
+        }
         if self.jobs.lease_secs < 3
             || self.jobs.prune_every_secs == 0
             || self.scheduler.tick_ms == 0
@@ -268,6 +340,41 @@ impl Config {
             lease: Duration::from_secs(self.jobs.lease_secs),
             shutdown_grace: Duration::from_secs(self.http.shutdown_grace_secs),
             ..waypost_jobs::WorkerConfig::default()
+        }
+    }
+
+    pub fn auth(&self) -> waypost_api::AuthConfig {
+        waypost_api::AuthConfig {
+            session_idle: Duration::from_secs(self.auth.session_idle_minutes * 60),
+            session_absolute: Duration::from_secs(self.auth.session_absolute_hours * 3600),
+            max_failures_per_ip: i64::from(self.auth.max_failures_per_ip_per_hour),
+            max_failures_per_account: i64::from(self.auth.max_failures_per_account_per_hour),
+            secure_cookies: self.auth.secure_cookies,
+        }
+    }
+
+    /// The master key: `WAYPOST_MASTER_KEY`, else `secrets.master_key_file`, else (embedded
+    /// SQLite only) `data_dir/master.key`, created on first use. PostgreSQL deployments may
+    /// run several processes, which must share one key, so there it must be given explicitly.
+    /// Returns the key and, when a key file was just created, its path.
+    pub fn master_key(&self) -> Result<(waypost_vault::MasterKey, Option<PathBuf>)> {
+        if let Ok(text) = std::env::var(MASTER_KEY_VAR) {
+            return Ok((waypost_vault::MasterKey::from_base64(&text)?, None));
+        }
+        if !self.secrets.master_key_file.is_empty() {
+            let path = PathBuf::from(&self.secrets.master_key_file);
+            return Ok((waypost_vault::MasterKey::load(&path)?, None));
+        }
+        match self.database_url()? {
+            DatabaseUrl::Sqlite(_) => {
+                let path = self.data_dir.join("master.key");
+                let (key, created) = waypost_vault::MasterKey::load_or_create(&path)?;
+                Ok((key, created.then_some(path)))
+            }
+            DatabaseUrl::Postgres(..) => Err(invalid(format!(
+                "PostgreSQL needs a master key every process shares: set {MASTER_KEY_VAR} \
+                 (`waypost keys generate-master` makes one) or secrets.master_key_file"
+            ))),
         }
     }
 

@@ -4,10 +4,13 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use waypost_api::{ApiKeySecret, AppState};
 use waypost_core::{Error, ErrorCode, Result, Role};
-use waypost_jobs::{Registry, Scheduler, Worker, prune_schedule};
+use waypost_jobs::{Registry, Scheduler, Worker, audit_retention_schedule, prune_schedule};
 use waypost_store::{NewApiKey, Store};
 
-use crate::{commands::open_store, config::Config};
+use crate::{
+    commands::{open_store, open_vault},
+    config::Config,
+};
 
 pub async fn run(config: Config) -> Result<()> {
     if !config.http.enabled && !config.jobs.enabled && !config.scheduler.enabled {
@@ -31,6 +34,7 @@ pub async fn run(config: Config) -> Result<()> {
     };
 
     let store = open_store(&config).await?;
+    let vault = open_vault(&config, &store).await?;
     bootstrap(&store).await?;
 
     let shutdown = CancellationToken::new();
@@ -39,9 +43,10 @@ pub async fn run(config: Config) -> Result<()> {
 
     let worker = config.jobs.enabled.then(|| {
         let keep = Duration::from_secs(config.jobs.keep_done_hours * 3600);
+        let audit_keep = Duration::from_secs(config.audit.platform_retention_days * 86_400);
         Worker::new(
             store.clone(),
-            Registry::with_builtins(keep),
+            Registry::with_builtins(keep, audit_keep),
             config.worker(),
         )
     });
@@ -50,10 +55,16 @@ pub async fn run(config: Config) -> Result<()> {
         tasks.spawn(worker.run(shutdown.clone()));
     }
     if config.scheduler.enabled {
-        let schedules = vec![prune_schedule(
-            Duration::from_secs(config.jobs.prune_every_secs),
-            Duration::from_secs(config.jobs.prune_offset_secs),
-        )];
+        let schedules = vec![
+            prune_schedule(
+                Duration::from_secs(config.jobs.prune_every_secs),
+                Duration::from_secs(config.jobs.prune_offset_secs),
+            ),
+            audit_retention_schedule(
+                Duration::from_secs(config.audit.retention_every_secs),
+                Duration::from_secs(config.audit.retention_offset_secs),
+            ),
+        ];
         let scheduler = Scheduler::new(
             store.clone(),
             schedules,
@@ -69,11 +80,8 @@ pub async fn run(config: Config) -> Result<()> {
         let addr = listener
             .local_addr()
             .map_err(|e| Error::internal("reading the bound address", e))?;
-        let state = AppState {
-            store: store.clone(),
-            metrics: waypost_api::install_recorder(),
-            worker_wake,
-        };
+        let mut state = AppState::new(store.clone(), vault.clone(), config.auth());
+        state.worker_wake = worker_wake;
         println!(
             "Waypost listening on http://{addr} (database: {})",
             store.url()

@@ -39,7 +39,6 @@ fn parse_expiry(raw: Option<&str>) -> Result<Option<Timestamp>, ApiError> {
 
 /// API keys of the caller's tenant, oldest first.
 #[utoipa::path(get, path = "/api/v1/api-keys", tag = "api-keys",
-    security(("api_key" = [])),
     params(PageRequest),
     responses(
         (status = OK, body = Page<ApiKey>),
@@ -51,9 +50,8 @@ pub async fn list_api_keys(
     State(state): State<AppState>,
     ApiQuery(page): ApiQuery<PageRequest>,
 ) -> Result<Json<Page<ApiKey>>, ApiError> {
-    auth.require_admin()?;
     let (limit, cursor) = page.parse()?;
-    let mut tx = state.store.tenant_read(auth.tenant).await?;
+    let mut tx = state.store.tenant_read(auth.tenant()?).await?;
     let page = tx.list_api_keys(limit, cursor).await?;
     tx.rollback().await?;
     Ok(Json(page))
@@ -61,7 +59,6 @@ pub async fn list_api_keys(
 
 /// Creates an API key. The response is the only time the full key is shown.
 #[utoipa::path(post, path = "/api/v1/api-keys", tag = "api-keys",
-    security(("api_key" = [])),
     request_body = CreateApiKey,
     responses(
         (status = CREATED, body = CreatedApiKey),
@@ -73,16 +70,16 @@ pub async fn create_api_key(
     State(state): State<AppState>,
     ApiJson(body): ApiJson<CreateApiKey>,
 ) -> Result<(StatusCode, Json<CreatedApiKey>), ApiError> {
-    auth.require_admin()?;
-    if body.role == Role::Owner && auth.role != Role::Owner {
+    let tenant = auth.tenant()?;
+    if body.role == Role::Owner && auth.role != Some(Role::Owner) {
         return Err(ApiError(waypost_core::Error::new(
             waypost_core::ErrorCode::Forbidden,
             "only an owner can create an owner key",
         )));
     }
     let expires_at = parse_expiry(body.expires_at.as_deref())?;
-    let secret = ApiKeySecret::generate(auth.tenant)?;
-    let mut tx = state.store.tenant(auth.tenant).await?;
+    let secret = ApiKeySecret::generate(tenant)?;
+    let mut tx = state.store.tenant(tenant).await?;
     let api_key = tx
         .create_api_key(NewApiKey {
             prefix: secret.prefix,
@@ -91,6 +88,8 @@ pub async fn create_api_key(
             role: body.role,
             expires_at,
         })
+        .await?;
+    tx.audit(auth.event("api_key.create", "api_key", api_key.id))
         .await?;
     tx.commit().await?;
     Ok((
@@ -104,7 +103,6 @@ pub async fn create_api_key(
 
 /// One API key. Keys of other tenants answer 404.
 #[utoipa::path(get, path = "/api/v1/api-keys/{id}", tag = "api-keys",
-    security(("api_key" = [])),
     params(("id" = ApiKeyId, Path, description = "API key id")),
     responses(
         (status = OK, body = ApiKey),
@@ -115,8 +113,7 @@ pub async fn get_api_key(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<ApiKeyId>,
 ) -> Result<Json<ApiKey>, ApiError> {
-    auth.require_admin()?;
-    let mut tx = state.store.tenant_read(auth.tenant).await?;
+    let mut tx = state.store.tenant_read(auth.tenant()?).await?;
     let key = tx.get_api_key(id).await?;
     tx.rollback().await?;
     Ok(Json(key))
@@ -124,7 +121,6 @@ pub async fn get_api_key(
 
 /// Revokes an API key at once; it can never be used again.
 #[utoipa::path(delete, path = "/api/v1/api-keys/{id}", tag = "api-keys",
-    security(("api_key" = [])),
     params(("id" = ApiKeyId, Path, description = "API key id")),
     responses(
         (status = OK, body = ApiKey, description = "The revoked key"),
@@ -136,9 +132,10 @@ pub async fn revoke_api_key(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<ApiKeyId>,
 ) -> Result<Json<ApiKey>, ApiError> {
-    auth.require_admin()?;
-    let mut tx = state.store.tenant(auth.tenant).await?;
+    let mut tx = state.store.tenant(auth.tenant()?).await?;
     let key = tx.revoke_api_key(id).await?;
+    tx.audit(auth.event("api_key.revoke", "api_key", key.id))
+        .await?;
     tx.commit().await?;
     Ok(Json(key))
 }

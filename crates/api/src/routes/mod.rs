@@ -1,14 +1,26 @@
 mod api_keys;
+mod audit;
+mod auth;
+mod operator;
 mod ops;
+mod settings;
 mod tenant;
 
 use utoipa::{
     Modify, OpenApi,
-    openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme},
+    openapi::{
+        HttpMethod,
+        security::{
+            ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme,
+        },
+    },
 };
 use utoipa_axum::{router::OpenApiRouter, routes};
 
-use crate::AppState;
+use crate::{
+    AppState,
+    authz::{Permission, permission_for},
+};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -17,19 +29,23 @@ use crate::AppState;
         description = "WhatsApp Business messaging, attribution and business-system connector. \
                        Errors are RFC 9457 problem documents with a stable `code`."
     ),
-    modifiers(&BearerAuth),
+    modifiers(&SecuritySchemes),
     components(schemas(crate::problem::Problem)),
     tags(
         (name = "operations", description = "Health, readiness and metrics"),
-        (name = "tenant", description = "The tenant the API key belongs to"),
-        (name = "api-keys", description = "API keys of the tenant")
+        (name = "auth", description = "Sign-in, sessions and passwords"),
+        (name = "tenant", description = "The caller's tenant"),
+        (name = "api-keys", description = "API keys of the tenant"),
+        (name = "settings", description = "Tenant settings and write-only secrets"),
+        (name = "audit", description = "The tenant's tamper-evident audit trail"),
+        (name = "operator", description = "Platform operators")
     )
 )]
 struct ApiDoc;
 
-struct BearerAuth;
+struct SecuritySchemes;
 
-impl Modify for BearerAuth {
+impl Modify for SecuritySchemes {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
         let components = openapi.components.get_or_insert_with(Default::default);
         components.add_security_scheme(
@@ -41,15 +57,81 @@ impl Modify for BearerAuth {
                     .build(),
             ),
         );
+        components.add_security_scheme(
+            "session",
+            SecurityScheme::ApiKey(ApiKey::Cookie(ApiKeyValue::with_description(
+                crate::auth::SESSION_COOKIE,
+                "The session cookie from POST /api/v1/auth/login; unsafe methods also need the \
+                 X-CSRF-Token header",
+            ))),
+        );
     }
 }
 
-pub fn router() -> OpenApiRouter<AppState> {
-    OpenApiRouter::with_openapi(ApiDoc::openapi())
+/// Declares on every operation the credentials the authorization table asks for, so the
+/// document cannot disagree with what the server enforces.
+fn declare_security(doc: &mut utoipa::openapi::OpenApi) {
+    let methods = [
+        (HttpMethod::Get, "GET"),
+        (HttpMethod::Post, "POST"),
+        (HttpMethod::Put, "PUT"),
+        (HttpMethod::Patch, "PATCH"),
+        (HttpMethod::Delete, "DELETE"),
+    ];
+    for (path, item) in doc.paths.paths.iter_mut() {
+        for (method, name) in &methods {
+            let operation = match method {
+                HttpMethod::Get => item.get.as_mut(),
+                HttpMethod::Post => item.post.as_mut(),
+                HttpMethod::Put => item.put.as_mut(),
+                HttpMethod::Patch => item.patch.as_mut(),
+                HttpMethod::Delete => item.delete.as_mut(),
+                _ => None,
+            };
+            let (Some(operation), Some(permission)) = (operation, permission_for(name, path))
+            else {
+                continue;
+            };
+            let empty: [&str; 0] = [];
+            operation.security = match permission {
+                Permission::Public => None,
+                Permission::SignedIn | Permission::Operate => {
+                    Some(vec![SecurityRequirement::new("session", empty)])
+                }
+                _ => Some(vec![
+                    SecurityRequirement::new("api_key", empty),
+                    SecurityRequirement::new("session", empty),
+                ]),
+            };
+        }
+    }
+}
+
+pub fn router() -> (axum::Router<AppState>, utoipa::openapi::OpenApi) {
+    let (router, mut doc) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(ops::healthz))
         .routes(routes!(ops::readyz))
         .routes(routes!(ops::metrics))
+        .routes(routes!(ops::openapi_json))
+        .routes(routes!(auth::login))
+        .routes(routes!(auth::logout))
+        .routes(routes!(auth::me))
+        .routes(routes!(auth::switch_tenant))
+        .routes(routes!(auth::change_password))
+        .routes(routes!(auth::list_sessions))
+        .routes(routes!(auth::revoke_session))
         .routes(routes!(tenant::get_tenant))
         .routes(routes!(api_keys::list_api_keys, api_keys::create_api_key))
         .routes(routes!(api_keys::get_api_key, api_keys::revoke_api_key))
+        .routes(routes!(settings::get_settings, settings::put_settings))
+        .routes(routes!(
+            settings::get_ai_settings,
+            settings::put_ai_settings
+        ))
+        .routes(routes!(audit::list_audit_events))
+        .routes(routes!(operator::list_tenants, operator::create_tenant))
+        .routes(routes!(operator::open_tenant))
+        .split_for_parts();
+    declare_security(&mut doc);
+    (router, doc)
 }

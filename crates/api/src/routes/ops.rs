@@ -44,3 +44,10 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
         text,
     )
 }
+
+/// This document.
+#[utoipa::path(get, path = "/api/openapi.json", tag = "operations",
+    responses((status = OK, description = "The OpenAPI 3.1 document")))]
+pub async fn openapi_json(State(state): State<AppState>) -> impl IntoResponse {
+    Json(state.openapi.as_ref().clone())
+}

@@ -77,7 +77,8 @@ async fn two_workers_run_every_probe_exactly_once() {
     for db in test_databases().await {
         let setup = db.store().await;
         let batch = setup.start_probe_batch(300).await.unwrap();
-        let registry = Registry::with_builtins(Duration::from_secs(3600));
+        let registry =
+            Registry::with_builtins(Duration::from_secs(3600), Duration::from_secs(3600));
         let (a, b) = (db.store().await, db.store().await);
         let (stop_a, run_a) = spawn_worker(&a, registry.clone());
         let (stop_b, run_b) = spawn_worker(&b, registry);
@@ -431,5 +432,71 @@ async fn a_killed_worker_process_loses_its_job_only_until_the_lease_expires() {
             ran_at >= lease_end,
             "retaken at {ran_at} before the lease ended at {lease_end}"
         );
+    }
+}
+
+#[tokio::test]
+async fn audit_retention_prunes_old_records_and_leaves_a_verifiable_chain() {
+    for db in test_databases().await {
+        let store = db.store().await;
+        let mut tx = store.platform().await.unwrap();
+        let (keep, prune) = (
+            tx.create_tenant("keeps").await.unwrap().id,
+            tx.create_tenant("prunes").await.unwrap().id,
+        );
+        tx.commit().await.unwrap();
+        for tenant in [keep, prune] {
+            let mut tx = store.tenant(tenant).await.unwrap();
+            for _ in 0..3 {
+                tx.audit(waypost_store::AuditEvent {
+                    actor_type: "user",
+                    action: "x".into(),
+                    outcome: "success",
+                    ..Default::default()
+                })
+                .await
+                .unwrap();
+            }
+            tx.commit().await.unwrap();
+        }
+        let mut tx = store.tenant(prune).await.unwrap();
+        tx.put_tenant_settings(&waypost_store::TenantSettings {
+            audit_retention_days: 0,
+        })
+        .await
+        .unwrap();
+        tx.commit().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(5)).await;
+
+        let id = enqueue(
+            &store,
+            NewJob::new(waypost_jobs::AUDIT_RETENTION_KIND, ()).unwrap(),
+        )
+        .await;
+        let registry =
+            Registry::with_builtins(Duration::from_secs(3600), Duration::from_secs(3600));
+        let (stop, run) = spawn_worker(&store, registry);
+        eventually(20, "the retention job", || is_gone(&store, id)).await;
+        stop.cancel();
+        run.await.unwrap();
+
+        let kept = store.verify_audit(Some(keep)).await.unwrap();
+        assert_eq!(
+            (kept.records, kept.first_broken_seq),
+            (3, None),
+            "{:?}",
+            db.flavor
+        );
+        let pruned = store.verify_audit(Some(prune)).await.unwrap();
+        assert_eq!(
+            (pruned.records, pruned.first_broken_seq),
+            (1, None),
+            "{:?}",
+            db.flavor
+        );
+        let mut tx = store.tenant_read(prune).await.unwrap();
+        let left = tx.list_audit(&Default::default(), 10).await.unwrap();
+        assert_eq!(left[0].action, "audit.pruned");
+        assert_eq!(left[0].seq, 4);
     }
 }

@@ -25,12 +25,19 @@ impl Drop for Scratch {
     }
 }
 
+/// The master key every PostgreSQL-backed test process shares (SQLite ones make a key file).
+pub const TEST_MASTER_KEY: &str = "q83vEjRWeJCrze8SNFZ4kKvN7xI0VniQq83vEjRWeJA=";
+
 fn command(cwd: &Path, args: &[&str], env: &[(&str, &str)]) -> Command {
     let mut cmd = Command::new(BIN);
     cmd.current_dir(cwd)
         .args(args)
         .env_remove("DATABASE_URL")
-        .env_remove("RUST_LOG");
+        .env_remove("RUST_LOG")
+        .env_remove("WAYPOST_MASTER_KEY");
+    if args.iter().any(|a| a.starts_with("postgres")) {
+        cmd.env("WAYPOST_MASTER_KEY", TEST_MASTER_KEY);
+    }
     for (k, v) in env {
         cmd.env(k, v);
     }
