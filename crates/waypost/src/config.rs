@@ -25,7 +25,7 @@ pub struct Config {
     pub audit: AuditConfig,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SecretsConfig {
     /// Master key file. Empty: `WAYPOST_MASTER_KEY`, else (SQLite only) `data_dir/master.key`.
@@ -50,13 +50,6 @@ pub struct AuditConfig {
     pub retention_offset_secs: u64,
 }
 
-impl Default for SecretsConfig {
-    fn default() -> Self {
-        Self {
-            master_key_file: String::new(),
-        }
-    }
-}
 
 impl Default for AuthSection {
     fn default() -> Self {
