@@ -243,10 +243,31 @@ impl Vault {
 
     /// Retires a previous key once no secret uses it any more.
     pub async fn retire(&self, key_id: i64) -> Result<()> {
-        let tenants = {
+        let (keys, tenants) = {
             let mut tx = self.store.platform_read().await?;
-            tx.list_tenants().await?
+            (tx.encryption_keys().await?, tx.list_tenants().await?)
         };
+        match keys
+            .iter()
+            .find(|k| k.id == key_id)
+            .map(|k| k.state.as_str())
+        {
+            None => {
+                return Err(Error::new(
+                    ErrorCode::NotFound,
+                    format!("no encryption key {key_id}"),
+                ));
+            }
+            Some("previous") => {}
+            Some(state) => {
+                return Err(Error::new(
+                    ErrorCode::Conflict,
+                    format!(
+                        "key {key_id} is {state}, not a previous key; only those can be retired"
+                    ),
+                ));
+            }
+        }
         for tenant in tenants {
             let mut tx = self.store.tenant_read(tenant.id).await?;
             let using = tx.count_secrets_on_key(key_id).await?;

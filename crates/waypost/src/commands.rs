@@ -5,7 +5,7 @@ use tracing_subscriber::{EnvFilter, fmt, prelude::*};
 use waypost_api::ApiKeySecret;
 use waypost_core::{ApiKeyId, Error, ErrorCode, JobId, Result, Role, TenantId};
 use waypost_store::{AuditEvent, JobState, NewApiKey, Store, broken_chain_error};
-use waypost_vault::Vault;
+use waypost_vault::{MasterKey, Vault};
 
 use crate::{
     cli::{
@@ -89,8 +89,9 @@ pub async fn run(cli: Cli) -> Result<()> {
         // Needs no database: it only makes a key.
         Command::Keys(KeysCommand::GenerateMaster) => print_new_master_key(),
         Command::Keys(cmd) => {
+            let master = master_key(&config)?;
             let store = open_store(&config).await?;
-            let result = keys(&config, &store, cmd).await;
+            let result = keys(master, &store, cmd).await;
             store.close().await;
             result
         }
@@ -145,9 +146,9 @@ pub async fn open_store(config: &Config) -> Result<Store> {
     Store::connect(&config.database_url()?, &config.store_options()?).await
 }
 
-/// Loads the master key (creating the embedded default's key file on first use) and the
-/// keyring.
-pub async fn open_vault(config: &Config, store: &Store) -> Result<Arc<Vault>> {
+/// Loads the master key, creating the embedded default's key file on first use. Called
+/// before the database is opened, so a missing key fails fast.
+pub fn master_key(config: &Config) -> Result<MasterKey> {
     let (master, created) = config.master_key()?;
     if let Some(path) = created {
         println!(
@@ -156,6 +157,10 @@ pub async fn open_vault(config: &Config, store: &Store) -> Result<Arc<Vault>> {
             path.display()
         );
     }
+    Ok(master)
+}
+
+pub async fn open_vault(store: &Store, master: MasterKey) -> Result<Arc<Vault>> {
     Ok(Arc::new(Vault::open(store.clone(), master).await?))
 }
 
@@ -519,7 +524,7 @@ fn print_new_master_key() -> Result<()> {
     Ok(())
 }
 
-async fn keys(config: &Config, store: &Store, cmd: KeysCommand) -> Result<()> {
+async fn keys(master: MasterKey, store: &Store, cmd: KeysCommand) -> Result<()> {
     match cmd {
         KeysCommand::GenerateMaster => print_new_master_key()?,
         KeysCommand::List { json } => {
@@ -537,7 +542,7 @@ async fn keys(config: &Config, store: &Store, cmd: KeysCommand) -> Result<()> {
             });
         }
         KeysCommand::Rotate { json } => {
-            let report = open_vault(config, store).await?.rotate().await?;
+            let report = open_vault(store, master).await?.rotate().await?;
             let mut tx = store.platform().await?;
             tx.audit(system_event(
                 "keys.rotate",
@@ -554,7 +559,7 @@ async fn keys(config: &Config, store: &Store, cmd: KeysCommand) -> Result<()> {
             });
         }
         KeysCommand::Retire { key_id, json } => {
-            open_vault(config, store).await?.retire(key_id).await?;
+            open_vault(store, master).await?.retire(key_id).await?;
             let mut tx = store.platform().await?;
             tx.audit(system_event("keys.retire", "encryption_key", key_id))
                 .await?;

@@ -50,7 +50,6 @@ pub struct AuditConfig {
     pub retention_offset_secs: u64,
 }
 
-
 impl Default for AuthSection {
     fn default() -> Self {
         Self {

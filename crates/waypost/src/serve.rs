@@ -8,7 +8,7 @@ use waypost_jobs::{Registry, Scheduler, Worker, audit_retention_schedule, prune_
 use waypost_store::{NewApiKey, Store};
 
 use crate::{
-    commands::{open_store, open_vault},
+    commands::{master_key, open_store, open_vault},
     config::Config,
 };
 
@@ -33,8 +33,9 @@ pub async fn run(config: Config) -> Result<()> {
         None
     };
 
+    let master = master_key(&config)?;
     let store = open_store(&config).await?;
-    let vault = open_vault(&config, &store).await?;
+    let vault = open_vault(&store, master).await?;
     bootstrap(&store).await?;
 
     let shutdown = CancellationToken::new();
