@@ -177,8 +177,8 @@ pub struct Auth {
     pub actor: Actor,
     pub role: Option<Role>,
     pub session: Option<SessionInfo>,
-    /// Personal data (phone numbers, message bodies) is shown only when true. Always true
-    /// for tenant members; for operators only after an audited unmask with a reason.
+    /// Personal data (phone numbers, message bodies) is shown only when true: for members
+    /// other than analysts, and for operators only after an audited unmask with a reason.
     pub unmasked: bool,
     pub meta: RequestMeta,
 }
@@ -291,7 +291,7 @@ async fn authenticate_key(token: &str, store: &Store, meta: RequestMeta) -> Resu
         actor: Actor::ApiKey(key.id),
         role: Some(key.role),
         session: None,
-        unmasked: true,
+        unmasked: key.role != Role::Analyst,
         meta,
     })
 }
@@ -363,7 +363,11 @@ async fn authenticate_session(
         tx.touch_session(&id, now).await?;
         tx.commit().await?;
     }
-    let unmasked = !user.is_operator || session.unmask_until.is_some_and(|until| until > now);
+    let unmasked = if user.is_operator {
+        session.unmask_until.is_some_and(|until| until > now)
+    } else {
+        role != Some(Role::Analyst)
+    };
     Ok(Auth {
         tenant: session.tenant_id,
         actor: if user.is_operator {

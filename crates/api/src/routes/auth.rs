@@ -32,6 +32,8 @@ pub struct SessionView {
     pub tenant_id: Option<TenantId>,
     pub role: Option<Role>,
     pub memberships: Vec<Membership>,
+    /// Whether personal data (phone numbers, message bodies) is shown unredacted.
+    pub unmasked: bool,
     /// Send it back as `X-CSRF-Token` on every POST, PUT, PATCH and DELETE.
     pub csrf_token: String,
     pub expires_at: Timestamp,
@@ -172,11 +174,13 @@ pub async fn login(
         tx.commit().await?;
     }
 
+    let user_is_operator = user.is_operator;
     let view = SessionView {
         user,
         tenant_id: if role.is_some() { tenant } else { None },
         role,
         memberships,
+        unmasked: !user_is_operator && role != Some(Role::Analyst),
         csrf_token,
         expires_at,
     };
@@ -235,6 +239,7 @@ pub async fn me(State(state): State<AppState>, auth: Auth) -> Result<Json<Sessio
         tenant_id: auth.tenant,
         role: auth.role,
         memberships,
+        unmasked: auth.unmasked,
         csrf_token: session.csrf_token,
         expires_at: session.expires_at,
     }))

@@ -744,6 +744,23 @@ async fn operators_see_tenants_read_only_and_unmasking_needs_a_recorded_reason()
             StatusCode::FORBIDDEN,
             "an operator needs to open a tenant first"
         );
+        let (_, redacted) = server
+            .as_browser(
+                Method::POST,
+                "/api/v1/operator/access",
+                &ops,
+                true,
+                Some(json!({"tenant_id": tenant})),
+            )
+            .await;
+        assert!(redacted["unmasked_until"].is_null(), "{redacted}");
+        let (_, me) = server
+            .as_browser(Method::GET, "/api/v1/auth/me", &ops, false, None)
+            .await;
+        assert_eq!(
+            me["unmasked"], false,
+            "operators see tenant data redacted by default"
+        );
         let (_, tenants) = server
             .as_browser(Method::GET, "/api/v1/operator/tenants", &ops, false, None)
             .await;
@@ -799,5 +816,27 @@ async fn operators_see_tenants_read_only_and_unmasking_needs_a_recorded_reason()
             unmask.reason.as_deref(),
             Some("ticket 4711: customer asked")
         );
+        drop(tx);
+        let (_, me) = server
+            .as_browser(Method::GET, "/api/v1/auth/me", &ops, false, None)
+            .await;
+        assert_eq!(me["unmasked"], true);
+        assert!(
+            records
+                .iter()
+                .any(|r| r.action == "operator.access" && r.actor_type == "operator")
+        );
+
+        // Members see personal data, analysts do not.
+        server
+            .user("analyst@example.com", Some((tenant, Role::Analyst)), false)
+            .await;
+        let (_, _, analyst) = server.login("analyst@example.com", PASSWORD).await;
+        assert_eq!(analyst["unmasked"], false);
+        server
+            .user("agent@example.com", Some((tenant, Role::Agent)), false)
+            .await;
+        let (_, _, agent) = server.login("agent@example.com", PASSWORD).await;
+        assert_eq!(agent["unmasked"], true);
     }
 }
