@@ -89,6 +89,31 @@ uuid_id!(
     "secret"
 );
 uuid_id!(
+    /// A WhatsApp number connected to a tenant.
+    ChannelId,
+    "channel"
+);
+uuid_id!(
+    /// A person a tenant talks to on WhatsApp.
+    ContactId,
+    "contact"
+);
+uuid_id!(
+    /// The thread between one contact and one channel.
+    ConversationId,
+    "conversation"
+);
+uuid_id!(
+    /// A message, inbound or outbound.
+    MessageId,
+    "message"
+);
+uuid_id!(
+    /// A raw webhook body in the inbox.
+    InboxId,
+    "inbox entry"
+);
+uuid_id!(
     /// A job in the durable queue.
     JobId,
     "job"

@@ -8,7 +8,10 @@ mod role;
 mod time;
 
 pub use error::{Error, ErrorCode, Result};
-pub use ids::{ApiKeyId, JobId, SecretId, TenantId, UserId};
+pub use ids::{
+    ApiKeyId, ChannelId, ContactId, ConversationId, InboxId, JobId, MessageId, SecretId, TenantId,
+    UserId,
+};
 pub use page::{Cursor, Page, PageRequest};
 pub use role::Role;
 pub use time::Timestamp;

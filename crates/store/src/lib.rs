@@ -6,6 +6,7 @@
 mod api_keys;
 mod audit;
 mod connect;
+mod inbound;
 mod jobs;
 mod probes;
 mod schedules;
@@ -18,6 +19,10 @@ mod users;
 pub use api_keys::{ApiKey, ApiKeyWithSecret, NewApiKey};
 pub use audit::{AuditEvent, AuditFilter, AuditRecord, ChainReport, broken_chain_error};
 pub use connect::{DatabaseUrl, Engine, Identity, Readiness, SqliteSync, Store, StoreOptions};
+pub use inbound::{
+    Channel, ChannelRoute, ContactIdentity, Conversation, InboxEntry, NewChannel,
+    NewInboundMessage, SERVICE_WINDOW_MS, StatusChange, StatusOutcome, StoredMessage,
+};
 pub use jobs::{ClaimedJob, Enqueued, JobRecord, JobState, KindStats, NewJob};
 pub use probes::{PROBE_JOB_KIND, ProbeStatus};
 pub use secrets::{SecretStatus, StoredKey, StoredSecret};

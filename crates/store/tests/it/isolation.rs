@@ -209,6 +209,8 @@ const PLATFORM_TABLES: &[&str] = &[
     "encryption_keys",
     "platform_audit_events",
     "platform_audit_head",
+    "channel_directory",
+    "unrouted_webhooks",
 ];
 
 #[tokio::test]

@@ -1,0 +1,220 @@
+//! Inbound processing: turns a stored webhook body into contacts, conversations, messages and
+//! statuses. Runs as a job, so the webhook was acknowledged as soon as it was stored; every
+//! write and the job's completion commit together, so a crash mid-way redoes the whole body
+//! and retried or duplicated webhooks change nothing (messages deduplicate on the provider id,
+//! statuses only move forward).
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use waypost_core::{Error, ErrorCode, InboxId, Timestamp};
+use waypost_jobs::{Handler, JobContext, JobError};
+use waypost_providers::{
+    InboundEvent, InboundMessage, MessageContent, StatusUpdate, UserRef, meta,
+};
+use waypost_store::{ContactIdentity, NewInboundMessage, NewJob, StatusChange, TenantScope, Tx};
+
+pub const PROCESS_KIND: &str = "inbound.process";
+
+/// The job payload: which inbox entry to process (ids only, never content).
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ProcessInbox {
+    pub inbox_id: InboxId,
+}
+
+/// The job that processes one stored webhook, to enqueue in the transaction that stored it.
+pub fn process_job(inbox_id: InboxId) -> Result<NewJob, Error> {
+    NewJob::new(PROCESS_KIND, ProcessInbox { inbox_id })
+}
+
+/// What processing one body did (for logs and tests).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Processed {
+    pub messages: u32,
+    pub duplicates: u32,
+    pub statuses: u32,
+    pub other_events: u32,
+}
+
+/// Processes one inbox entry inside `tx` (which belongs to the entry's tenant).
+pub async fn process(tx: &mut Tx<TenantScope>, inbox_id: InboxId) -> Result<Processed, Error> {
+    let entry = tx.inbox_entry(inbox_id).await?;
+    let mut done = Processed::default();
+    if entry.processed_at.is_some() {
+        return Ok(done);
+    }
+    let channel = tx.get_channel(entry.channel_id).await?;
+    let events = match entry.provider.as_str() {
+        "meta" | "360dialog" => meta::parse(&entry.body).map_err(|e| {
+            Error::new(
+                ErrorCode::ValidationFailed,
+                format!("unreadable webhook body: {e}"),
+            )
+        })?,
+        other => {
+            return Err(Error::new(
+                ErrorCode::ValidationFailed,
+                format!("no parser for provider {other}"),
+            ));
+        }
+    };
+    for event in events {
+        // A platform-app webhook may carry other numbers' changes; each channel takes its own.
+        let event_number = event_phone_number_id(&event);
+        if event_number.is_some()
+            && channel.phone_number_id.is_some()
+            && event_number != channel.phone_number_id.as_deref()
+        {
+            continue;
+        }
+        match event {
+            InboundEvent::Message(message) => {
+                if store_message(tx, entry.channel_id, &message, entry.received_at).await? {
+                    done.messages += 1;
+                } else {
+                    done.duplicates += 1;
+                }
+            }
+            InboundEvent::Status(status) => {
+                apply_status(tx, entry.channel_id, &status).await?;
+                done.statuses += 1;
+            }
+            other => {
+                let (kind, payload) = describe(&other);
+                tx.record_channel_event(entry.channel_id, &kind, &payload)
+                    .await?;
+                done.other_events += 1;
+            }
+        }
+    }
+    tx.mark_processed(inbox_id).await?;
+    Ok(done)
+}
+
+fn event_phone_number_id(event: &InboundEvent) -> Option<&str> {
+    let channel = match event {
+        InboundEvent::Message(m) => &m.channel,
+        InboundEvent::Status(s) => &s.channel,
+        InboundEvent::Template(t) => &t.channel,
+        InboundEvent::UserPreference(p) => &p.channel,
+        InboundEvent::Account { channel, .. }
+        | InboundEvent::Errors { channel, .. }
+        | InboundEvent::Unknown { channel, .. } => channel,
+    };
+    channel.phone_number_id.as_deref()
+}
+
+fn identity(user: &UserRef) -> ContactIdentity {
+    ContactIdentity {
+        wa_id: user.wa_id.clone(),
+        bsuid: user.bsuid.clone(),
+        phone_e164: user
+            .wa_id
+            .as_ref()
+            .filter(|w| w.bytes().all(|b| b.is_ascii_digit()))
+            .map(|w| format!("+{w}")),
+        profile_name: user.profile_name.clone(),
+        username: user.username.clone(),
+    }
+}
+
+fn kind_of(content: &MessageContent) -> String {
+    serde_json::to_value(content)
+        .ok()
+        .and_then(|v| v.get("type").and_then(|t| t.as_str()).map(str::to_string))
+        .unwrap_or_else(|| "unknown".into())
+}
+
+async fn store_message(
+    tx: &mut Tx<TenantScope>,
+    channel: waypost_core::ChannelId,
+    message: &InboundMessage,
+    received_at: Timestamp,
+) -> Result<bool, Error> {
+    let contact = tx.upsert_contact(&identity(&message.from)).await?;
+    let sent_at = message.sent_at_ms.map(Timestamp::from_millis);
+    let conversation = tx
+        .touch_conversation(channel, contact, Some(sent_at.unwrap_or(received_at)))
+        .await?;
+    let content = serde_json::to_value(&message.content)
+        .map_err(|e| Error::internal("serializing a message", e))?;
+    let referral = message
+        .referral
+        .as_ref()
+        .map(serde_json::to_value)
+        .transpose()
+        .map_err(|e| Error::internal("serializing a referral", e))?;
+    let inserted = tx
+        .insert_inbound_message(NewInboundMessage {
+            conversation_id: conversation,
+            provider_message_id: message.provider_message_id.clone(),
+            kind: kind_of(&message.content),
+            content,
+            referral,
+            reply_to: message.context.as_ref().and_then(|c| c.message_id.clone()),
+            sent_at,
+        })
+        .await?;
+    Ok(inserted.is_some())
+}
+
+async fn apply_status(
+    tx: &mut Tx<TenantScope>,
+    channel: waypost_core::ChannelId,
+    status: &StatusUpdate,
+) -> Result<(), Error> {
+    // A status outside sent < delivered < read < played < failed is kept, not applied.
+    let Some(rank) = status.status.rank() else {
+        let payload =
+            serde_json::to_value(status).map_err(|e| Error::internal("serializing a status", e))?;
+        return tx.record_channel_event(channel, "status", &payload).await;
+    };
+    let name = serde_json::to_value(&status.status)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default();
+    let error = (!status.errors.is_empty())
+        .then(|| serde_json::to_value(&status.errors))
+        .transpose()
+        .map_err(|e| Error::internal("serializing status errors", e))?;
+    tx.apply_status(&StatusChange {
+        provider_message_id: status.provider_message_id.clone(),
+        status: name,
+        rank: i64::from(rank),
+        at: status.at_ms.map(Timestamp::from_millis),
+        error,
+    })
+    .await?;
+    Ok(())
+}
+
+fn describe(event: &InboundEvent) -> (String, serde_json::Value) {
+    let payload = serde_json::to_value(event).unwrap_or(serde_json::Value::Null);
+    let kind = match event {
+        InboundEvent::Template(t) => t.field.clone(),
+        InboundEvent::UserPreference(_) => "user_preferences".into(),
+        InboundEvent::Account { field, .. } | InboundEvent::Unknown { field, .. } => field.clone(),
+        InboundEvent::Errors { .. } => "errors".into(),
+        InboundEvent::Message(_) | InboundEvent::Status(_) => "other".into(),
+    };
+    (kind, payload)
+}
+
+/// The job handler.
+pub struct ProcessInboxHandler;
+
+#[async_trait]
+impl Handler for ProcessInboxHandler {
+    async fn run(&self, ctx: &JobContext) -> Result<(), JobError> {
+        let job: ProcessInbox = serde_json::from_value(ctx.job().payload.clone())
+            .map_err(|e| JobError::Permanent(format!("bad payload: {e}")))?;
+        let tenant = ctx
+            .job()
+            .tenant_id
+            .ok_or_else(|| JobError::Permanent("inbound job without a tenant".into()))?;
+        let mut tx = ctx.store().tenant(tenant).await?;
+        let processed = process(&mut tx, job.inbox_id).await?;
+        ctx.complete_with(tx).await?;
+        tracing::debug!(inbox = %job.inbox_id, ?processed, "webhook processed");
+        Ok(())
+    }
+}

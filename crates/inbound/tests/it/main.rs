@@ -1,0 +1,279 @@
+//! Inbound processing against real databases, from the provider fixtures.
+
+// Test code: a failed unwrap is a failed test, with the value in the message.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use waypost_core::{ChannelId, TenantId};
+use waypost_inbound::{Processed, process};
+use waypost_store::{NewChannel, Store, testkit::test_databases};
+
+fn fixture(name: &str) -> Vec<u8> {
+    std::fs::read(format!(
+        "{}/../providers/tests/fixtures/meta/{name}.json",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .unwrap()
+}
+
+async fn channel(store: &Store) -> (TenantId, ChannelId) {
+    let mut tx = store.platform().await.unwrap();
+    let tenant = tx.create_tenant("Acme").await.unwrap().id;
+    let (tx, channel) = tx
+        .create_channel(
+            tenant,
+            NewChannel {
+                provider: "meta".into(),
+                name: "Main".into(),
+                phone_number_id: Some("106540352242922".into()),
+                waba_id: Some("102290129340398".into()),
+                display_number: Some("+15550783881".into()),
+                throughput_mps: 80,
+                graph_api_base_url: "https://graph.facebook.com".into(),
+                graph_api_version: "v25.0".into(),
+            },
+        )
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    (tenant, channel.id)
+}
+
+async fn ingest(store: &Store, tenant: TenantId, channel: ChannelId, body: &[u8]) -> Processed {
+    let mut tx = store.tenant(tenant).await.unwrap();
+    let id = tx.store_webhook(channel, "meta", body).await.unwrap();
+    let processed = process(&mut tx, id).await.unwrap();
+    // Processing an entry twice does nothing the second time.
+    assert_eq!(process(&mut tx, id).await.unwrap(), Processed::default());
+    tx.commit().await.unwrap();
+    processed
+}
+
+#[tokio::test]
+async fn every_message_type_lands_once_in_its_conversation() {
+    for db in test_databases().await {
+        let store = db.store().await;
+        let (tenant, ch) = channel(&store).await;
+        let names = [
+            "text",
+            "image",
+            "video",
+            "audio_voice",
+            "document",
+            "sticker",
+            "location",
+            "contacts",
+            "button_reply",
+            "list_reply",
+            "flow_reply",
+            "template_button",
+            "reaction_added",
+            "reaction_removed",
+            "order",
+            "system_number_change",
+            "system_identity_change",
+            "edit",
+            "revoke",
+            "unsupported",
+            "unknown_type",
+            "forwarded",
+            "referral",
+        ];
+        let mut stored = 0;
+        for name in names {
+            let processed = ingest(&store, tenant, ch, &fixture(name)).await;
+            stored += processed.messages + processed.duplicates;
+        }
+        assert_eq!(stored, names.len() as u32);
+        // Meta retries: the same bodies again create nothing.
+        for name in ["text", "image", "referral"] {
+            let again = ingest(&store, tenant, ch, &fixture(name)).await;
+            assert_eq!((again.messages, again.duplicates), (0, 1), "{name}");
+        }
+        let mut tx = store.tenant_read(tenant).await.unwrap();
+        let conversations = tx.list_conversations(50, None).await.unwrap().data;
+        assert_eq!(
+            conversations.len(),
+            1,
+            "one contact, one channel, one thread"
+        );
+        let conversation = &conversations[0];
+        assert_eq!(conversation.contact_wa_id.as_deref(), Some("16505551234"));
+        assert_eq!(
+            conversation.contact_bsuid.as_deref(),
+            Some("US.13491208655302741918")
+        );
+        assert_eq!(conversation.contact_name.as_deref(), Some("Sheena Nelson"));
+        let last = conversation.last_inbound_at.unwrap().as_millis();
+        assert_eq!(
+            conversation.window_expires_at.unwrap().as_millis(),
+            last + 24 * 3600 * 1000
+        );
+
+        let messages = tx
+            .list_messages(conversation.id, 200, None)
+            .await
+            .unwrap()
+            .data;
+        let distinct: std::collections::HashSet<_> = messages
+            .iter()
+            .map(|m| m.provider_message_id.clone())
+            .collect();
+        assert_eq!(distinct.len(), messages.len(), "{:?}", db.flavor);
+        let kinds: std::collections::HashSet<_> =
+            messages.iter().map(|m| m.kind.as_str()).collect();
+        for kind in [
+            "text",
+            "image",
+            "audio",
+            "document",
+            "sticker",
+            "location",
+            "contacts",
+            "button_reply",
+            "list_reply",
+            "flow_reply",
+            "template_button",
+            "reaction",
+            "order",
+            "system",
+            "edit",
+            "revoke",
+            "unsupported",
+            "unknown",
+        ] {
+            assert!(kinds.contains(kind), "{kind} missing: {kinds:?}");
+        }
+        let with_referral = messages
+            .iter()
+            .find(|m| m.referral.is_some())
+            .expect("the referral was dropped");
+        assert_eq!(
+            with_referral.referral.as_ref().unwrap()["ctwa_clid"],
+            "ARAbc123ClickId"
+        );
+        let reply = messages.iter().find(|m| m.kind == "button_reply").unwrap();
+        assert_eq!(reply.reply_to.as_deref(), Some("wamid.ORIGINAL"));
+        let unknown = messages.iter().find(|m| m.kind == "unknown").unwrap();
+        assert_eq!(unknown.content["kind"], "hologram");
+    }
+}
+
+#[tokio::test]
+async fn phone_less_users_get_a_contact_of_their_own() {
+    for db in test_databases().await {
+        let store = db.store().await;
+        let (tenant, ch) = channel(&store).await;
+        assert_eq!(
+            ingest(&store, tenant, ch, &fixture("bsuid_only"))
+                .await
+                .messages,
+            1
+        );
+        let mut tx = store.tenant_read(tenant).await.unwrap();
+        let conversation = &tx.list_conversations(10, None).await.unwrap().data[0];
+        assert_eq!(
+            (
+                conversation.contact_wa_id.as_deref(),
+                conversation.contact_bsuid.as_deref()
+            ),
+            (None, Some("US.13491208655302741918"))
+        );
+    }
+}
+
+fn status_body(message_id: &str, status: &str, ts: u64) -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({"object":"whatsapp_business_account","entry":[{"id":"102290129340398","changes":[{"field":"messages","value":{
+        "messaging_product":"whatsapp","metadata":{"display_phone_number":"15550783881","phone_number_id":"106540352242922"},
+        "statuses":[{"id": message_id, "status": status, "timestamp": ts.to_string(), "recipient_id":"16505551234"}]}}]}]}))
+    .unwrap()
+}
+
+#[tokio::test]
+async fn statuses_only_move_forward_and_early_ones_wait_for_their_message() {
+    for db in test_databases().await {
+        let store = db.store().await;
+        let (tenant, ch) = channel(&store).await;
+        // The status for wamid.TEXT1 arrives before the message itself.
+        ingest(
+            &store,
+            tenant,
+            ch,
+            &status_body("wamid.TEXT1", "delivered", 1_749_416_390),
+        )
+        .await;
+        ingest(&store, tenant, ch, &fixture("text")).await;
+        let status_of = |store: Store| async move {
+            let mut tx = store.tenant_read(tenant).await.unwrap();
+            let conversation = tx.list_conversations(1, None).await.unwrap().data[0].id;
+            tx.list_messages(conversation, 10, None).await.unwrap().data[0]
+                .status
+                .clone()
+        };
+        assert_eq!(
+            status_of(store.clone()).await.as_deref(),
+            Some("delivered"),
+            "{:?}",
+            db.flavor
+        );
+        ingest(
+            &store,
+            tenant,
+            ch,
+            &status_body("wamid.TEXT1", "read", 1_749_416_400),
+        )
+        .await;
+        ingest(
+            &store,
+            tenant,
+            ch,
+            &status_body("wamid.TEXT1", "delivered", 1_749_416_390),
+        )
+        .await;
+        ingest(
+            &store,
+            tenant,
+            ch,
+            &status_body("wamid.TEXT1", "sent", 1_749_416_385),
+        )
+        .await;
+        assert_eq!(
+            status_of(store.clone()).await.as_deref(),
+            Some("read"),
+            "an older status moved it back"
+        );
+    }
+}
+
+#[tokio::test]
+async fn template_account_preference_and_unknown_events_are_kept() {
+    for db in test_databases().await {
+        let store = db.store().await;
+        let (tenant, ch) = channel(&store).await;
+        let mut total = 0;
+        for name in [
+            "template_status",
+            "template_quality",
+            "template_category",
+            "user_preferences",
+            "phone_quality",
+            "account_update",
+            "unknown_field",
+            "value_errors",
+        ] {
+            total += ingest(&store, tenant, ch, &fixture(name))
+                .await
+                .other_events;
+        }
+        assert_eq!(total, 8, "{:?}", db.flavor);
+    }
+}
+
+#[tokio::test]
+async fn changes_for_another_number_are_left_to_that_channel() {
+    let db = waypost_store::testkit::TestDb::sqlite();
+    let store = db.store().await;
+    let (tenant, ch) = channel(&store).await;
+    // batch.json carries two messages for this number and a status for number 999.
+    let processed = ingest(&store, tenant, ch, &fixture("batch")).await;
+    assert_eq!((processed.messages, processed.statuses), (2, 0));
+}
