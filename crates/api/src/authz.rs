@@ -29,16 +29,20 @@ pub enum Permission {
     ManageSettings,
     /// Read and export the audit trail (customer-data access: denials are audited too).
     ReadAudit,
+    ManageChannels,
+    /// Read conversations and messages (customer data; analysts see it masked).
+    ReadConversations,
 }
 
 impl Permission {
     /// Whether a tenant role grants this permission.
     pub fn granted_to(self, role: Role) -> bool {
         match self {
-            Permission::Public | Permission::ReadTenant => true,
-            Permission::ManageApiKeys | Permission::ManageSettings | Permission::ReadAudit => {
-                role.can_administer()
-            }
+            Permission::Public | Permission::ReadTenant | Permission::ReadConversations => true,
+            Permission::ManageApiKeys
+            | Permission::ManageSettings
+            | Permission::ReadAudit
+            | Permission::ManageChannels => role.can_administer(),
             Permission::SignedIn | Permission::Operate => false,
         }
     }
@@ -77,6 +81,24 @@ pub const ROUTE_PERMISSIONS: &[(&str, &str, Permission)] = &[
     ("GET", "/api/v1/operator/tenants", Permission::Operate),
     ("POST", "/api/v1/operator/tenants", Permission::Operate),
     ("POST", "/api/v1/operator/access", Permission::Operate),
+    ("GET", "/api/v1/channels", Permission::ReadTenant),
+    ("POST", "/api/v1/channels", Permission::ManageChannels),
+    ("GET", "/api/v1/channels/{id}", Permission::ManageChannels),
+    (
+        "GET",
+        "/api/v1/conversations",
+        Permission::ReadConversations,
+    ),
+    (
+        "GET",
+        "/api/v1/conversations/{id}/messages",
+        Permission::ReadConversations,
+    ),
+    // Authenticated by the provider's signature or verify token, in the handler.
+    ("GET", "/webhooks/meta/{channel_id}", Permission::Public),
+    ("POST", "/webhooks/meta/{channel_id}", Permission::Public),
+    ("GET", "/webhooks/meta", Permission::Public),
+    ("POST", "/webhooks/meta", Permission::Public),
 ];
 
 pub fn permission_for(method: &str, path: &str) -> Option<Permission> {
@@ -137,7 +159,10 @@ pub async fn authorize(State(state): State<AppState>, request: Request, next: Ne
             Err(err) => return err.into_response(),
         };
         if let Err(err) = check(permission, &auth) {
-            if permission == Permission::ReadAudit {
+            if matches!(
+                permission,
+                Permission::ReadAudit | Permission::ReadConversations
+            ) {
                 audit_denial(&state, &auth, &path).await;
             }
             return err.into_response();

@@ -54,12 +54,22 @@ impl Default for AuthConfig {
     }
 }
 
+/// Where webhooks arrive and the platform's own Meta app.
+#[derive(Debug, Clone, Default)]
+pub struct WebhookConfig {
+    /// The externally visible base URL, for the callback URLs shown to users.
+    pub public_base_url: String,
+    pub meta_app_secret: Option<String>,
+    pub meta_verify_token: Option<String>,
+}
+
 /// What every handler can reach.
 #[derive(Clone)]
 pub struct AppState {
     pub store: Store,
     pub vault: Arc<Vault>,
     pub auth: AuthConfig,
+    pub webhooks: WebhookConfig,
     pub metrics: ::metrics_exporter_prometheus::PrometheusHandle,
     /// Pokes this process's job worker when a request enqueues work.
     pub worker_wake: Option<Arc<Notify>>,
@@ -72,6 +82,7 @@ impl AppState {
             store,
             vault,
             auth,
+            webhooks: WebhookConfig::default(),
             metrics: install_recorder(),
             worker_wake: None,
             openapi: Arc::new(openapi()),

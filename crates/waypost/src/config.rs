@@ -23,6 +23,17 @@ pub struct Config {
     pub secrets: SecretsConfig,
     pub auth: AuthSection,
     pub audit: AuditConfig,
+    pub meta: MetaConfig,
+}
+
+/// The platform's own Meta app, for `/webhooks/meta` (one app serving many tenants).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetaConfig {
+    /// Signs the app's webhooks. Empty: `/webhooks/meta` refuses every event.
+    pub app_secret: String,
+    /// What Meta's subscription handshake must present.
+    pub verify_token: String,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -88,6 +99,8 @@ pub struct DatabaseConfig {
 pub struct HttpConfig {
     pub enabled: bool,
     pub listen: String,
+    /// The externally visible base URL (shown as webhook callback URLs). Empty: http://listen.
+    pub public_base_url: String,
     pub shutdown_grace_secs: u64,
 }
 
@@ -131,6 +144,7 @@ impl Default for Config {
             secrets: SecretsConfig::default(),
             auth: AuthSection::default(),
             audit: AuditConfig::default(),
+            meta: MetaConfig::default(),
         }
     }
 }
@@ -151,6 +165,7 @@ impl Default for HttpConfig {
         Self {
             enabled: true,
             listen: "127.0.0.1:8080".into(),
+            public_base_url: String::new(),
             shutdown_grace_secs: 10,
         }
     }
@@ -370,6 +385,16 @@ impl Config {
         }
     }
 
+    pub fn webhooks(&self, bound: std::net::SocketAddr) -> waypost_api::WebhookConfig {
+        let non_empty = |v: &str| Some(v.to_string()).filter(|v| !v.is_empty());
+        waypost_api::WebhookConfig {
+            public_base_url: non_empty(&self.http.public_base_url)
+                .unwrap_or_else(|| format!("http://{bound}")),
+            meta_app_secret: non_empty(&self.meta.app_secret),
+            meta_verify_token: non_empty(&self.meta.verify_token),
+        }
+    }
+
     /// The effective configuration as TOML, with any password in the database URL masked.
     pub fn masked(&self) -> Config {
         let mut masked = self.clone();
@@ -377,6 +402,11 @@ impl Config {
             && !self.database.url.is_empty()
         {
             masked.database.url = url.to_string();
+        }
+        for secret in [&mut masked.meta.app_secret, &mut masked.meta.verify_token] {
+            if !secret.is_empty() {
+                *secret = "***".into();
+            }
         }
         masked
     }

@@ -47,7 +47,10 @@ pub async fn run(config: Config) -> Result<()> {
         let audit_keep = Duration::from_secs(config.audit.platform_retention_days * 86_400);
         Worker::new(
             store.clone(),
-            Registry::with_builtins(keep, audit_keep),
+            Registry::with_builtins(keep, audit_keep).register(
+                waypost_inbound::PROCESS_KIND,
+                waypost_inbound::ProcessInboxHandler,
+            ),
             config.worker(),
         )
     });
@@ -82,6 +85,7 @@ pub async fn run(config: Config) -> Result<()> {
             .local_addr()
             .map_err(|e| Error::internal("reading the bound address", e))?;
         let mut state = AppState::new(store.clone(), vault.clone(), config.auth());
+        state.webhooks = config.webhooks(addr);
         state.worker_wake = worker_wake;
         println!(
             "Waypost listening on http://{addr} (database: {})",

@@ -1,10 +1,13 @@
 mod api_keys;
 mod audit;
 mod auth;
+pub mod channels;
+mod conversations;
 mod operator;
 mod ops;
 mod settings;
 mod tenant;
+mod webhooks;
 
 use utoipa::{
     Modify, OpenApi,
@@ -38,7 +41,10 @@ use crate::{
         (name = "api-keys", description = "API keys of the tenant"),
         (name = "settings", description = "Tenant settings and write-only secrets"),
         (name = "audit", description = "The tenant's tamper-evident audit trail"),
-        (name = "operator", description = "Platform operators")
+        (name = "operator", description = "Platform operators"),
+        (name = "channels", description = "Connected WhatsApp numbers"),
+        (name = "conversations", description = "Threads and messages (reads are audited)"),
+        (name = "webhooks", description = "Inbound provider webhooks, authenticated by signature")
     )
 )]
 struct ApiDoc;
@@ -131,6 +137,18 @@ pub fn router() -> (axum::Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(audit::list_audit_events))
         .routes(routes!(operator::list_tenants, operator::create_tenant))
         .routes(routes!(operator::open_tenant))
+        .routes(routes!(channels::list_channels, channels::create_channel))
+        .routes(routes!(channels::get_channel))
+        .routes(routes!(conversations::list_conversations))
+        .routes(routes!(conversations::list_messages))
+        .routes(routes!(
+            webhooks::meta_channel_handshake,
+            webhooks::meta_channel_event
+        ))
+        .routes(routes!(
+            webhooks::meta_platform_handshake,
+            webhooks::meta_platform_event
+        ))
         .split_for_parts();
     declare_security(&mut doc);
     (router, doc)

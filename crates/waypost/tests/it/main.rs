@@ -6,5 +6,6 @@
 
 mod cli;
 mod identity;
+mod inbound;
 mod process;
 mod serve;

@@ -1,0 +1,86 @@
+use axum::{Json, extract::State};
+use waypost_core::{ConversationId, Page, PageRequest};
+use waypost_store::{Conversation, StoredMessage};
+
+use crate::{
+    ApiError, AppState,
+    auth::Auth,
+    problem::{ApiPath, ApiQuery, Problem},
+};
+
+/// Keeps the last four characters of an identifier.
+fn mask(value: &str) -> String {
+    let chars: Vec<char> = value.chars().collect();
+    let keep = chars.len().min(4);
+    format!(
+        "•••{}",
+        chars[chars.len() - keep..].iter().collect::<String>()
+    )
+}
+
+fn redact_conversation(mut c: Conversation) -> Conversation {
+    c.contact_wa_id = c.contact_wa_id.as_deref().map(mask);
+    c.contact_bsuid = c.contact_bsuid.as_deref().map(mask);
+    c.contact_name = c
+        .contact_name
+        .map(|n| n.chars().take(1).collect::<String>() + "•••");
+    c
+}
+
+fn redact_message(mut m: StoredMessage) -> StoredMessage {
+    m.content = serde_json::json!({ "type": m.kind, "redacted": true });
+    m.referral = m.referral.map(|_| serde_json::json!({ "redacted": true }));
+    m
+}
+
+/// The tenant's conversations: one per contact and channel, with the 24-hour window.
+/// Reading them is audited; analysts and operators without an unmask see identifiers masked.
+#[utoipa::path(get, path = "/api/v1/conversations", tag = "conversations",
+    params(PageRequest),
+    responses((status = OK, body = Page<Conversation>)))]
+pub async fn list_conversations(
+    State(state): State<AppState>,
+    auth: Auth,
+    ApiQuery(page): ApiQuery<PageRequest>,
+) -> Result<Json<Page<Conversation>>, ApiError> {
+    let (limit, cursor) = page.parse()?;
+    let tenant = auth.tenant()?;
+    let mut page = {
+        let mut tx = state.store.tenant_read(tenant).await?;
+        tx.list_conversations(limit, cursor).await?
+    };
+    let mut tx = state.store.tenant(tenant).await?;
+    tx.audit(auth.event("conversation.list", "conversations", page.data.len()))
+        .await?;
+    tx.commit().await?;
+    if !auth.unmasked {
+        page.data = page.data.into_iter().map(redact_conversation).collect();
+    }
+    Ok(Json(page))
+}
+
+/// A conversation's messages, oldest first. Another tenant's conversation answers 404.
+#[utoipa::path(get, path = "/api/v1/conversations/{id}/messages", tag = "conversations",
+    params(("id" = ConversationId, Path, description = "Conversation id"), PageRequest),
+    responses((status = OK, body = Page<StoredMessage>), (status = NOT_FOUND, body = Problem, content_type = "application/problem+json")))]
+pub async fn list_messages(
+    State(state): State<AppState>,
+    auth: Auth,
+    ApiPath(id): ApiPath<ConversationId>,
+    ApiQuery(page): ApiQuery<PageRequest>,
+) -> Result<Json<Page<StoredMessage>>, ApiError> {
+    let (limit, cursor) = page.parse()?;
+    let tenant = auth.tenant()?;
+    let mut page = {
+        let mut tx = state.store.tenant_read(tenant).await?;
+        tx.list_messages(id, limit, cursor).await?
+    };
+    let mut tx = state.store.tenant(tenant).await?;
+    tx.audit(auth.event("message.read", "conversation", id))
+        .await?;
+    tx.commit().await?;
+    if !auth.unmasked {
+        page.data = page.data.into_iter().map(redact_message).collect();
+    }
+    Ok(Json(page))
+}

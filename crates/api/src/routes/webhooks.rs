@@ -1,0 +1,217 @@
+//! Inbound webhooks from Meta. Public routes, authenticated by signature: the raw body is
+//! verified in constant time before anything is parsed, then committed to the tenant's inbox
+//! (with its processing job) before the 200. A bad or missing signature stores nothing.
+
+use std::collections::{BTreeMap, HashMap};
+
+use axum::{
+    body::Bytes,
+    extract::{Query, State},
+    http::{HeaderMap, StatusCode},
+    response::{IntoResponse, Response},
+};
+use waypost_core::{ChannelId, Error, ErrorCode};
+use waypost_providers::{
+    meta,
+    signature::{self, SignatureError},
+};
+use waypost_store::ChannelRoute;
+
+use crate::{ApiError, AppState, problem::ApiPath, routes::channels::secret_purpose};
+
+fn rejected(provider: &'static str, reason: &'static str) -> Response {
+    metrics::counter!("waypost_webhooks_rejected_total", "provider" => provider, "reason" => reason).increment(1);
+    // Logged without the body: it may carry customer messages.
+    tracing::warn!(provider, reason, "webhook rejected");
+    let code = match reason {
+        "missing_signature" | "unknown_channel_secret" => ErrorCode::Unauthorized,
+        "not_found" => ErrorCode::NotFound,
+        _ => ErrorCode::Forbidden,
+    };
+    ApiError(Error::new(
+        code,
+        format!("webhook refused: {}", reason.replace('_', " ")),
+    ))
+    .into_response()
+}
+
+fn signature_reason(err: SignatureError) -> &'static str {
+    match err {
+        SignatureError::Missing => "missing_signature",
+        SignatureError::Malformed => "malformed_signature",
+        SignatureError::Mismatch => "bad_signature",
+    }
+}
+
+/// Meta's subscription handshake: echo `hub.challenge` only for `subscribe` with the right
+/// token.
+fn handshake(query: &HashMap<String, String>, expected: Option<&str>) -> Response {
+    let (mode, token, challenge) = (
+        query.get("hub.mode"),
+        query.get("hub.verify_token"),
+        query.get("hub.challenge"),
+    );
+    match (mode.map(String::as_str), token, challenge, expected) {
+        (Some("subscribe"), Some(token), Some(challenge), Some(expected))
+            if signature::secrets_match(expected, token) =>
+        {
+            (
+                [(axum::http::header::CONTENT_TYPE, "text/plain")],
+                challenge.clone(),
+            )
+                .into_response()
+        }
+        _ => ApiError(Error::new(
+            ErrorCode::Forbidden,
+            "subscription handshake refused",
+        ))
+        .into_response(),
+    }
+}
+
+async fn route(state: &AppState, channel: ChannelId) -> Result<Option<ChannelRoute>, ApiError> {
+    let mut tx = state.store.platform_read().await?;
+    Ok(tx.route_channel(channel).await?)
+}
+
+async fn channel_secret(
+    state: &AppState,
+    route: ChannelRoute,
+    name: &str,
+) -> Result<Option<String>, ApiError> {
+    let mut tx = state.store.tenant_read(route.tenant).await?;
+    Ok(state
+        .vault
+        .reveal(&mut tx, &secret_purpose(route.channel, name))
+        .await?
+        .map(|s| s.as_str().to_string()))
+}
+
+/// Commits the body and its processing job; only then may the provider get its 200.
+async fn store(
+    state: &AppState,
+    route: ChannelRoute,
+    provider: &str,
+    body: &[u8],
+) -> Result<(), ApiError> {
+    let mut tx = state.store.tenant(route.tenant).await?;
+    let inbox = tx.store_webhook(route.channel, provider, body).await?;
+    tx.enqueue(waypost_inbound::process_job(inbox)?).await?;
+    tx.commit().await?;
+    metrics::counter!("waypost_webhooks_stored_total", "provider" => "meta").increment(1);
+    if let Some(wake) = &state.worker_wake {
+        wake.notify_one();
+    }
+    Ok(())
+}
+
+/// Meta's handshake for a channel with its own app.
+#[utoipa::path(get, path = "/webhooks/meta/{channel_id}", tag = "webhooks",
+    params(("channel_id" = ChannelId, Path, description = "Channel id")),
+    responses((status = OK, description = "hub.challenge, as text"), (status = FORBIDDEN, description = "Wrong mode or token")))]
+pub async fn meta_channel_handshake(
+    State(state): State<AppState>,
+    ApiPath(channel): ApiPath<ChannelId>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
+    let Some(route) = route(&state, channel).await? else {
+        return Ok(handshake(&query, None));
+    };
+    let expected = channel_secret(&state, route, "verify_token").await?;
+    Ok(handshake(&query, expected.as_deref()))
+}
+
+/// Meta's events for a channel with its own app, signed with that app's secret.
+#[utoipa::path(post, path = "/webhooks/meta/{channel_id}", tag = "webhooks",
+    params(("channel_id" = ChannelId, Path, description = "Channel id")),
+    request_body(content = String, content_type = "application/json", description = "Meta's webhook envelope, signed in X-Hub-Signature-256"),
+    responses((status = OK, description = "Stored durably"), (status = UNAUTHORIZED), (status = FORBIDDEN)))]
+pub async fn meta_channel_event(
+    State(state): State<AppState>,
+    ApiPath(channel): ApiPath<ChannelId>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let Some(route) = route(&state, channel).await? else {
+        return Ok(rejected("meta", "not_found"));
+    };
+    let Some(secret) = channel_secret(&state, route, "app_secret").await? else {
+        return Ok(rejected("meta", "unknown_channel_secret"));
+    };
+    let header = headers
+        .get("x-hub-signature-256")
+        .and_then(|v| v.to_str().ok());
+    if let Err(err) = signature::verify_meta(secret.as_bytes(), &body, header) {
+        return Ok(rejected("meta", signature_reason(err)));
+    }
+    store(&state, route, "meta", &body).await?;
+    Ok(StatusCode::OK.into_response())
+}
+
+/// Meta's handshake for the platform's own app (`meta.verify_token` in the configuration).
+#[utoipa::path(get, path = "/webhooks/meta", tag = "webhooks",
+    responses((status = OK, description = "hub.challenge, as text"), (status = FORBIDDEN)))]
+pub async fn meta_platform_handshake(
+    State(state): State<AppState>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Response {
+    handshake(&query, state.webhooks.meta_verify_token.as_deref())
+}
+
+/// Events for the platform's own Meta app (one app, many tenants and numbers): verified with
+/// `meta.app_secret`, then each change is routed to its channel by `phone_number_id`.
+#[utoipa::path(post, path = "/webhooks/meta", tag = "webhooks",
+    request_body(content = String, content_type = "application/json"),
+    responses((status = OK, description = "Stored durably"), (status = UNAUTHORIZED), (status = FORBIDDEN)))]
+pub async fn meta_platform_event(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let Some(secret) = state.webhooks.meta_app_secret.as_deref() else {
+        return Ok(rejected("meta", "unknown_channel_secret"));
+    };
+    let header = headers
+        .get("x-hub-signature-256")
+        .and_then(|v| v.to_str().ok());
+    if let Err(err) = signature::verify_meta(secret.as_bytes(), &body, header) {
+        return Ok(rejected("meta", signature_reason(err)));
+    }
+    let numbers = meta::phone_number_ids(&body).map_err(|e| {
+        ApiError(Error::new(
+            ErrorCode::InvalidRequest,
+            format!("not a Meta webhook: {e}"),
+        ))
+    })?;
+    let mut routes = BTreeMap::new();
+    let mut unrouted = false;
+    for number in numbers {
+        let found = match &number {
+            Some(id) => {
+                state
+                    .store
+                    .platform_read()
+                    .await?
+                    .route_phone_number("meta", id)
+                    .await?
+            }
+            None => None,
+        };
+        match found {
+            Some(route) => {
+                routes.insert(*route.channel.as_uuid(), route);
+            }
+            None => unrouted = true,
+        }
+    }
+    // Each channel gets the whole body and processes its own changes.
+    for route in routes.values() {
+        store(&state, *route, "meta", &body).await?;
+    }
+    if unrouted {
+        let mut tx = state.store.platform().await?;
+        tx.store_unrouted("meta", &body).await?;
+        tx.commit().await?;
+    }
+    Ok(StatusCode::OK.into_response())
+}
