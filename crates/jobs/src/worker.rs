@@ -1,8 +1,12 @@
-use std::{sync::Arc, time::Duration};
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use tokio::{sync::Notify, task::JoinSet, time::Instant};
-use tokio_util::sync::CancellationToken;
-use waypost_core::{Error, Timestamp};
+use tokio_util::{sync::CancellationToken, task::AbortOnDropHandle};
+use waypost_core::{Error, JobId, Timestamp};
 use waypost_store::{ClaimedJob, JobState, Store};
 
 use crate::{
@@ -57,6 +61,7 @@ pub struct Worker {
     config: WorkerConfig,
     id: Arc<str>,
     wake: Arc<Notify>,
+    in_flight: InFlightJobs,
 }
 
 impl Worker {
@@ -71,6 +76,7 @@ impl Worker {
             config,
             id: id.into(),
             wake: Arc::new(Notify::new()),
+            in_flight: Arc::new(Mutex::new(HashMap::new())),
         }
     }
 
@@ -118,10 +124,14 @@ impl Worker {
                 }
             }
 
+            // Every wait also wakes for the heartbeat: long jobs in every slot must not
+            // lose their leases while the loop waits for one of them to finish.
+            let heartbeat = tokio::time::sleep_until(next_heartbeat);
             if claimed > 0 && claimed == free {
                 // Busy: go again as soon as a slot frees up.
                 tokio::select! {
                     _ = running.join_next() => {}
+                    () = heartbeat => {}
                     () = shutdown.cancelled() => {}
                 }
             } else {
@@ -129,23 +139,33 @@ impl Worker {
                     () = tokio::time::sleep(self.config.poll_interval) => {}
                     () = self.wake.notified() => {}
                     Some(_) = running.join_next(), if !running.is_empty() => {}
+                    () = heartbeat => {}
                     () = shutdown.cancelled() => {}
                 }
             }
         }
 
-        self.drain(running).await;
+        self.drain(running, next_heartbeat).await;
         Ok(())
     }
 
+    /// Extends the lease of every job this worker is running (and only those: a job whose
+    /// outcome could not be recorded is left to expire and be retried).
     async fn heartbeat(&self) {
         let until = Timestamp::now().plus(self.config.lease);
-        if let Err(err) = self.store.extend_leases(&self.id, until).await {
-            tracing::warn!(error = %err, "extending job leases failed");
+        let jobs: Vec<ClaimedJob> = self
+            .in_flight
+            .lock()
+            .map(|m| m.values().cloned().collect())
+            .unwrap_or_default();
+        for job in jobs {
+            if let Err(err) = self.store.extend_lease(&job, until).await {
+                tracing::warn!(job = %job.id, error = %err, "extending a job lease failed");
+            }
         }
     }
 
-    async fn drain(&self, mut running: JoinSet<()>) {
+    async fn drain(&self, mut running: JoinSet<()>, mut next_heartbeat: Instant) {
         let in_flight = running.len();
         if in_flight > 0 {
             tracing::info!(in_flight, "waiting for running jobs before shutdown");
@@ -155,7 +175,12 @@ impl Worker {
         loop {
             tokio::select! {
                 next = running.join_next() => if next.is_none() { break },
+                () = tokio::time::sleep_until(next_heartbeat) => {
+                    self.heartbeat().await;
+                    next_heartbeat = Instant::now() + self.config.lease / 3;
+                }
                 () = &mut deadline => {
+                    // Aborting a job's task also aborts its handler (see `run_job`).
                     running.abort_all();
                     while running.join_next().await.is_some() {}
                     break;
@@ -177,18 +202,37 @@ impl Worker {
         let handler = self.registry.get(&job.kind);
         let worker_id = self.id.clone();
         let backoff = self.config.backoff;
+        let in_flight = InFlight::track(self.in_flight.clone(), &job);
         async move {
+            let _in_flight = in_flight;
             let kind = job.kind.clone();
             let started = Instant::now();
+            // A job whose lease kept expiring (its worker crashed or hung each time) has used
+            // up its attempts without ever reporting a failure: dead-letter it unrun.
+            if job.attempts > job.max_attempts {
+                let message = format!(
+                    "gave up after {} attempts: the worker stopped or hung each time",
+                    job.max_attempts
+                );
+                if let Err(err) = store.fail_job(&job, &message, None).await {
+                    tracing::warn!(job = %job.id, error = %err, "dead-lettering an exhausted job failed");
+                }
+                metrics::counter!("waypost_jobs_total", "kind" => kind, "outcome" => "dead")
+                    .increment(1);
+                return;
+            }
             let ctx = Arc::new(JobContext::new(store.clone(), job, worker_id));
             let outcome = match handler {
                 None => Err(JobError::Retry(format!("no handler for job kind {kind:?}"))),
                 // A panicking handler must not take the worker down; it counts as a failure.
+                // Dropping the handle (shutdown aborting this task) aborts the handler too.
                 Some(handler) => {
                     let task_ctx = ctx.clone();
-                    tokio::spawn(async move { handler.run(&task_ctx).await })
-                        .await
-                        .unwrap_or_else(|e| Err(JobError::Retry(format!("handler panicked: {e}"))))
+                    AbortOnDropHandle::new(tokio::spawn(
+                        async move { handler.run(&task_ctx).await },
+                    ))
+                    .await
+                    .unwrap_or_else(|e| Err(JobError::Retry(format!("handler panicked: {e}"))))
                 }
             };
             metrics::histogram!("waypost_job_duration_seconds", "kind" => kind.clone())
@@ -205,9 +249,35 @@ impl Worker {
                         .increment(1);
                 }
                 Err(err) => {
-                    tracing::warn!(job = %job.id, kind, error = %err, "recording job outcome failed")
+                    tracing::warn!(job = %job.id, kind, error = %err, "recording job outcome failed; the job is retried when its lease expires")
                 }
             }
+        }
+    }
+}
+
+/// The jobs this worker is running, for heartbeats; an entry leaves when its task ends,
+/// however it ends.
+type InFlightJobs = Arc<Mutex<HashMap<JobId, ClaimedJob>>>;
+
+struct InFlight {
+    jobs: InFlightJobs,
+    id: JobId,
+}
+
+impl InFlight {
+    fn track(jobs: InFlightJobs, job: &ClaimedJob) -> Self {
+        if let Ok(mut map) = jobs.lock() {
+            map.insert(job.id, job.clone());
+        }
+        InFlight { jobs, id: job.id }
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if let Ok(mut map) = self.jobs.lock() {
+            map.remove(&self.id);
         }
     }
 }

@@ -427,15 +427,18 @@ impl Store {
         Ok(released)
     }
 
-    /// Extends every lease `owner` still holds to `until` (the worker's heartbeat).
-    pub async fn extend_leases(&self, owner: &str, until: Timestamp) -> Result<u64> {
+    /// Extends one job's lease to `until` (the worker's heartbeat), if this worker still
+    /// holds it. Returns whether it did.
+    pub async fn extend_lease(&self, job: &ClaimedJob, until: Timestamp) -> Result<bool> {
         let mut tx = self.platform().await?;
         let extended = on_conn!(&mut tx.conn, |c| {
             sqlx::query(
-                "UPDATE jobs SET run_at = $2 \
-                 WHERE lease_owner = $1 AND state = 'pending' AND run_at < $2",
+                "UPDATE jobs SET run_at = $4 \
+                 WHERE id = $1 AND lease_owner = $2 AND attempts = $3 AND state = 'pending'",
             )
-            .bind(owner)
+            .bind(job.id.as_uuid())
+            .bind(&job.lease_owner)
+            .bind(i64::from(job.attempts))
             .bind(until.as_millis())
             .execute(c)
             .await
@@ -443,7 +446,7 @@ impl Store {
         })
         .map_err(db_error)?;
         tx.commit().await?;
-        Ok(extended)
+        Ok(extended == 1)
     }
 
     /// Newest first, optionally only one state.

@@ -66,8 +66,16 @@ fn spawn_worker(
     store: &Store,
     registry: Registry,
 ) -> (CancellationToken, tokio::task::JoinHandle<()>) {
+    spawn_worker_with(store, registry, fast_config())
+}
+
+fn spawn_worker_with(
+    store: &Store,
+    registry: Registry,
+    config: WorkerConfig,
+) -> (CancellationToken, tokio::task::JoinHandle<()>) {
     let token = CancellationToken::new();
-    let worker = Worker::new(store.clone(), registry, fast_config());
+    let worker = Worker::new(store.clone(), registry, config);
     let run = worker.run(token.clone());
     (token, tokio::spawn(async move { run.await.unwrap() }))
 }
@@ -301,10 +309,16 @@ async fn heartbeats_keep_a_long_job_leased() {
     for db in test_databases().await {
         let store = db.store().await;
         let id = enqueue(&store, NewJob::new("slow", ()).unwrap()).await;
-        // The job outlives its 3 s lease twice over; heartbeats must keep others off it.
-        let (stop, run) = spawn_worker(
+        // The job outlives its 3 s lease twice over; heartbeats must keep others off it, also
+        // while every slot is busy (one slot here) and the loop waits for a job to end.
+        let config = WorkerConfig {
+            concurrency: 1,
+            ..fast_config()
+        };
+        let (stop, run) = spawn_worker_with(
             &store,
             Registry::new().register("slow", Sleeps(Duration::from_secs(7))),
+            config,
         );
         eventually(20, "the job to be claimed", || async {
             store.get_job(id).await.unwrap().attempts == 1
@@ -499,4 +513,97 @@ async fn audit_retention_prunes_old_records_and_leaves_a_verifiable_chain() {
         assert_eq!(left[0].action, "audit.pruned");
         assert_eq!(left[0].seq, 4);
     }
+}
+
+#[tokio::test]
+async fn a_job_whose_worker_keeps_dying_is_dead_lettered_unrun() {
+    for db in test_databases().await {
+        let store = db.store().await;
+        let id = enqueue(&store, NewJob::new("fatal", ()).unwrap().max_attempts(2)).await;
+        // Two workers claimed it and died without a word.
+        let mut now = Timestamp::now();
+        for _ in 0..2 {
+            assert_eq!(
+                store
+                    .claim_jobs("ghost", 1, Duration::from_millis(1), now)
+                    .await
+                    .unwrap()
+                    .len(),
+                1
+            );
+            now = now.plus(Duration::from_millis(5));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let runs = Arc::new(AtomicU32::new(0));
+        let (stop, run) = spawn_worker(
+            &store,
+            Registry::new().register(
+                "fatal",
+                Flaky {
+                    failures: 0,
+                    runs: runs.clone(),
+                },
+            ),
+        );
+        eventually(20, "the job to be dead-lettered", || async {
+            store.get_job(id).await.unwrap().state == JobState::Dead
+        })
+        .await;
+        stop.cancel();
+        run.await.unwrap();
+        assert_eq!(
+            runs.load(Ordering::SeqCst),
+            0,
+            "{:?}: an exhausted job ran again",
+            db.flavor
+        );
+        assert!(
+            store
+                .get_job(id)
+                .await
+                .unwrap()
+                .last_error
+                .unwrap()
+                .contains("gave up after 2 attempts")
+        );
+    }
+}
+
+/// Counts ticks until aborted.
+struct Ticks(Arc<AtomicU32>);
+
+#[async_trait]
+impl Handler for Ticks {
+    async fn run(&self, _ctx: &JobContext) -> Result<(), JobError> {
+        loop {
+            self.0.fetch_add(1, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+#[tokio::test]
+async fn shutdown_stops_the_handlers_it_hands_back() {
+    let db = waypost_store::testkit::TestDb::sqlite();
+    let store = db.store().await;
+    let id = enqueue(&store, NewJob::new("ticks", ()).unwrap()).await;
+    let ticks = Arc::new(AtomicU32::new(0));
+    let (stop, run) = spawn_worker(
+        &store,
+        Registry::new().register("ticks", Ticks(ticks.clone())),
+    );
+    eventually(20, "the handler to start", || async {
+        ticks.load(Ordering::SeqCst) > 2
+    })
+    .await;
+    stop.cancel();
+    run.await.unwrap();
+    let after_shutdown = ticks.load(Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        ticks.load(Ordering::SeqCst),
+        after_shutdown,
+        "the handler kept running after shutdown"
+    );
+    assert_eq!(store.get_job(id).await.unwrap().attempts, 0);
 }

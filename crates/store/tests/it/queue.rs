@@ -224,8 +224,15 @@ async fn release_and_heartbeat_act_only_on_the_owners_leases() {
         let theirs = store.claim_jobs("them", 2, LEASE, now).await.unwrap();
         assert_eq!((mine.len(), theirs.len()), (2, 1));
         let until = now.plus(LEASE * 4);
-        assert_eq!(store.extend_leases("me", until).await.unwrap(), 2);
+        assert!(store.extend_lease(&mine[0], until).await.unwrap());
+        let mut forged = theirs[0].clone();
+        forged.lease_owner = "me".into();
+        assert!(
+            !store.extend_lease(&forged, until).await.unwrap(),
+            "extended a lease it does not hold"
+        );
         assert_eq!(store.get_job(mine[0].id).await.unwrap().run_at, until);
+        assert!(store.get_job(mine[1].id).await.unwrap().run_at < until);
         assert_eq!(store.release_jobs("me").await.unwrap(), 2);
         let released = store.get_job(mine[1].id).await.unwrap();
         assert_eq!(released.attempts, 0, "a released attempt does not count");
