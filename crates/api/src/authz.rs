@@ -145,7 +145,13 @@ pub async fn authorize(State(state): State<AppState>, request: Request, next: Ne
         .get::<MatchedPath>()
         .map(|p| p.as_str().to_string())
         .unwrap_or_default();
-    let Some(permission) = permission_for(parts.method.as_str(), &path) else {
+    // axum answers HEAD with the GET handler; so does the table.
+    let method = if parts.method == axum::http::Method::HEAD {
+        "GET"
+    } else {
+        parts.method.as_str()
+    };
+    let Some(permission) = permission_for(method, &path) else {
         tracing::error!(method = %parts.method, path, "route has no authorization entry; refusing");
         return ApiError(Error::new(
             ErrorCode::Internal,

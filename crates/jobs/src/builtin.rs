@@ -81,7 +81,7 @@ impl Handler for AuditRetention {
             let mut tx = store.tenant(tenant.id).await?;
             let days =
                 u64::try_from(tx.tenant_settings().await?.audit_retention_days).unwrap_or(365);
-            let before = now.minus(Duration::from_secs(days * 86_400));
+            let before = now.minus(Duration::from_secs(days.saturating_mul(86_400)));
             let pruned = tx.prune_audit(before).await?;
             if pruned > 0 {
                 tx.audit(system_event(pruned, before)).await?;
@@ -95,6 +95,9 @@ impl Handler for AuditRetention {
             tx.audit(system_event(pruned, before)).await?;
         }
         tx.prune_auth_state(now.minus(Duration::from_secs(86_400)))
+            .await?;
+        // Webhooks no channel claimed carry customer messages in a platform table: a week.
+        tx.prune_unrouted(now.minus(Duration::from_secs(7 * 86_400)))
             .await?;
         tx.commit().await?;
         Ok(())

@@ -205,7 +205,7 @@ impl Tx<Tenant> {
         }
         let tenant = self.tenant();
         let now = Timestamp::now();
-        on_conn!(&mut self.conn, |c| {
+        let revoked = on_conn!(&mut self.conn, |c| {
             sqlx::query(
                 "UPDATE api_keys SET revoked_at = $3 \
                  WHERE tenant_id = $1 AND id = $2 AND revoked_at IS NULL",
@@ -218,6 +218,13 @@ impl Tx<Tenant> {
             .map(|r| r.rows_affected())
         })
         .map_err(db_error)?;
+        // A concurrent revoke got there first.
+        if revoked == 0 {
+            return Err(Error::new(
+                ErrorCode::Conflict,
+                "API key is already revoked",
+            ));
+        }
         Ok(ApiKey {
             revoked_at: Some(now),
             ..current

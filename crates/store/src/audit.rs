@@ -36,7 +36,8 @@ pub struct AuditEvent {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct AuditRecord {
     pub seq: i64,
-    #[serde(skip)]
+    /// Part of what the hash covers, so exports can be verified independently.
+    #[schema(value_type = String)]
     pub id: Uuid,
     #[serde(rename = "occurred_at_ms")]
     pub occurred_at: i64,
@@ -300,12 +301,16 @@ impl Tx<Tenant> {
     pub async fn prune_audit(&mut self, before: Timestamp) -> Result<u64> {
         let tenant = self.tenant();
         on_conn!(&mut self.conn, |c| {
-            sqlx::query("DELETE FROM audit_events WHERE tenant_id = $1 AND occurred_at < $2")
-                .bind(tenant.as_uuid())
-                .bind(before.as_millis())
-                .execute(c)
-                .await
-                .map(|r| r.rows_affected())
+            // By sequence, not time: a clock step must not punch a hole mid-chain.
+            sqlx::query(
+                "DELETE FROM audit_events WHERE tenant_id = $1 AND seq <= \
+                 (SELECT MAX(seq) FROM audit_events WHERE tenant_id = $1 AND occurred_at < $2)",
+            )
+            .bind(tenant.as_uuid())
+            .bind(before.as_millis())
+            .execute(c)
+            .await
+            .map(|r| r.rows_affected())
         })
         .map_err(db_error)
     }
@@ -314,11 +319,14 @@ impl Tx<Tenant> {
 impl Tx<Platform> {
     pub async fn prune_platform_audit(&mut self, before: Timestamp) -> Result<u64> {
         on_conn!(&mut self.conn, |c| {
-            sqlx::query("DELETE FROM platform_audit_events WHERE occurred_at < $1")
-                .bind(before.as_millis())
-                .execute(c)
-                .await
-                .map(|r| r.rows_affected())
+            sqlx::query(
+                "DELETE FROM platform_audit_events WHERE seq <= \
+                 (SELECT MAX(seq) FROM platform_audit_events WHERE occurred_at < $1)",
+            )
+            .bind(before.as_millis())
+            .execute(c)
+            .await
+            .map(|r| r.rows_affected())
         })
         .map_err(db_error)
     }
@@ -364,12 +372,17 @@ fn check_links(
 }
 
 impl Store {
-    /// Verifies a tenant's chain, or the platform chain when `tenant` is `None`.
+    /// Verifies a tenant's chain, or the platform chain when `tenant` is `None`. The head is
+    /// read first and only records up to it are walked, so appends during the walk (a live
+    /// server signs people in all the time) are not mistaken for tampering.
     pub async fn verify_audit(&self, tenant: Option<TenantId>) -> Result<ChainReport> {
         const PAGE: u32 = 1000;
+        let head = self.audit_head(tenant).await?;
+        let head_seq = head.as_ref().map_or(0, |(seq, _)| *seq);
         let (mut prev, mut seq, mut after, mut count) = (None, None, 0_i64, 0_u64);
+        let mut last_hash: Option<Vec<u8>> = None;
         loop {
-            let page = match tenant {
+            let mut page = match tenant {
                 Some(t) => {
                     let mut tx = self.tenant_read(t).await?;
                     let filter = AuditFilter {
@@ -385,6 +398,8 @@ impl Store {
                         .await?
                 }
             };
+            let full = page.len() == PAGE as usize;
+            page.retain(|r| r.seq <= head_seq);
             count += page.len() as u64;
             if let Some(broken) = check_links(&page, &mut prev, &mut seq) {
                 return Ok(ChainReport {
@@ -394,17 +409,25 @@ impl Store {
                 });
             }
             match page.last() {
-                Some(last) if page.len() == PAGE as usize => after = last.seq,
-                _ => break,
+                Some(last) => {
+                    after = last.seq;
+                    last_hash = Some(last.hash.clone());
+                }
+                None => break,
+            }
+            if !full || after >= head_seq {
+                break;
             }
         }
-        // The head must agree with the last record: deleting the newest records is tampering too.
-        let head_seq = self.audit_head_seq(tenant).await?;
-        let first_broken_seq = match (seq, head_seq) {
-            (Some(next), Some(head)) if next != head + 1 => Some(next),
+        // The head must end the chain: deleting the newest records, or rewriting them and
+        // their hashes, is tampering too.
+        let first_broken_seq = match (&head, seq, &last_hash) {
+            (Some((head_seq, head_hash)), Some(next), Some(hash)) => {
+                (next != head_seq + 1 || hash != head_hash).then_some(next.min(head_seq + 1))
+            }
             // Retention always leaves its own `audit.pruned` record, so an empty chain with a
             // head past zero lost records.
-            (None, Some(head)) if head > 0 => Some(1),
+            (Some((head_seq, _)), None, _) if *head_seq > 0 => Some(1),
             _ => None,
         };
         Ok(ChainReport {
@@ -414,28 +437,37 @@ impl Store {
         })
     }
 
-    async fn audit_head_seq(&self, tenant: Option<TenantId>) -> Result<Option<i64>> {
-        match tenant {
+    async fn audit_head(&self, tenant: Option<TenantId>) -> Result<Option<(i64, Vec<u8>)>> {
+        #[derive(sqlx::FromRow)]
+        struct Head {
+            seq: i64,
+            hash: Vec<u8>,
+        }
+        let head = match tenant {
             Some(t) => {
                 let mut tx = self.tenant_read(t).await?;
                 on_conn!(&mut tx.conn, |c| {
-                    sqlx::query_scalar::<_, i64>("SELECT seq FROM audit_heads WHERE tenant_id = $1")
-                        .bind(t.as_uuid())
-                        .fetch_optional(c)
-                        .await
+                    sqlx::query_as::<_, Head>(
+                        "SELECT seq, hash FROM audit_heads WHERE tenant_id = $1",
+                    )
+                    .bind(t.as_uuid())
+                    .fetch_optional(c)
+                    .await
                 })
-                .map_err(db_error)
             }
             None => {
                 let mut tx = self.platform_read().await?;
                 on_conn!(&mut tx.conn, |c| {
-                    sqlx::query_scalar::<_, i64>("SELECT seq FROM platform_audit_head WHERE id = 1")
-                        .fetch_optional(c)
-                        .await
+                    sqlx::query_as::<_, Head>(
+                        "SELECT seq, hash FROM platform_audit_head WHERE id = 1",
+                    )
+                    .fetch_optional(c)
+                    .await
                 })
-                .map_err(db_error)
             }
         }
+        .map_err(db_error)?;
+        Ok(head.map(|h| (h.seq, h.hash)))
     }
 }
 

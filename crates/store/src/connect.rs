@@ -116,6 +116,21 @@ fn mask_password(url: &url::Url) -> String {
         // Only fails for URLs that cannot carry credentials, which a postgres URL can.
         let _ = masked.set_password(Some("***"));
     }
+    // libpq also takes the password as a query parameter.
+    if url.query_pairs().any(|(k, _)| k.contains("password")) {
+        let pairs: Vec<(String, String)> = url
+            .query_pairs()
+            .map(|(k, v)| {
+                let v = if k.contains("password") {
+                    "***".to_string()
+                } else {
+                    v.into_owned()
+                };
+                (k.into_owned(), v)
+            })
+            .collect();
+        masked.query_pairs_mut().clear().extend_pairs(pairs);
+    }
     masked.to_string()
 }
 
@@ -546,6 +561,13 @@ mod tests {
         let pg: DatabaseUrl = "postgres://u:secret@db.example:5432/waypost"
             .parse()
             .unwrap();
+        let query: DatabaseUrl = "postgres://u@db.example/w?sslmode=require&password=secret"
+            .parse()
+            .unwrap();
+        assert!(
+            !query.to_string().contains("secret") && query.to_string().contains("sslmode=require"),
+            "{query}"
+        );
         assert_eq!(pg.engine(), Engine::Postgres);
         assert!(!pg.to_string().contains("secret"), "{pg}");
         for bad in [

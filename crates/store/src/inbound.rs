@@ -247,6 +247,17 @@ impl Tx<Platform> {
         Ok(())
     }
 
+    pub async fn prune_unrouted(&mut self, before: Timestamp) -> Result<u64> {
+        on_conn!(&mut self.conn, |c| {
+            sqlx::query("DELETE FROM unrouted_webhooks WHERE received_at < $1")
+                .bind(before.as_millis())
+                .execute(c)
+                .await
+                .map(|r| r.rows_affected())
+        })
+        .map_err(db_error)
+    }
+
     /// Creates a channel and its directory entry in one transaction. A number already
     /// connected anywhere on this server is a conflict.
     pub async fn create_channel(

@@ -442,6 +442,20 @@ impl Tx<Platform> {
         Ok(())
     }
 
+    /// Removes the failure recorded for a sign-in attempt that then succeeded.
+    pub async fn forgive_auth_failure(&mut self, subject: &str, at: Timestamp) -> Result<()> {
+        on_conn!(&mut self.conn, |c| {
+            sqlx::query("DELETE FROM auth_failures WHERE subject = $1 AND at = $2")
+                .bind(subject)
+                .bind(at.as_millis())
+                .execute(c)
+                .await
+                .map(|r| r.rows_affected())
+        })
+        .map_err(db_error)?;
+        Ok(())
+    }
+
     pub async fn count_auth_failures(&mut self, subject: &str, since: Timestamp) -> Result<i64> {
         on_conn!(&mut self.conn, |c| {
             sqlx::query_scalar::<_, i64>(

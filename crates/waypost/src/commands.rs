@@ -202,6 +202,8 @@ async fn tenant(store: &Store, cmd: TenantCommand) -> Result<()> {
         TenantCommand::Create { name, json } => {
             let mut tx = store.platform().await?;
             let tenant = tx.create_tenant(&name).await?;
+            tx.audit(system_event("tenant.create", "tenant", tenant.id))
+                .await?;
             tx.commit().await?;
             print(json, to_json(&tenant)?, || {
                 format!("created tenant {} ({})", tenant.name, tenant.id)
@@ -243,6 +245,8 @@ async fn apikey(store: &Store, cmd: ApiKeyCommand) -> Result<()> {
                     role,
                     expires_at: None,
                 })
+                .await?;
+            tx.audit(system_event("api_key.create", "api_key", key.id))
                 .await?;
             tx.commit().await?;
             let mut value = to_json(&key)?;
@@ -291,6 +295,8 @@ async fn apikey(store: &Store, cmd: ApiKeyCommand) -> Result<()> {
             let id = ApiKeyId::from_str(&key_id)?;
             let mut tx = store.tenant(tenant).await?;
             let key = tx.revoke_api_key(id).await?;
+            tx.audit(system_event("api_key.revoke", "api_key", key.id))
+                .await?;
             tx.commit().await?;
             print(json, to_json(&key)?, || {
                 format!("revoked API key {} ({})", key.id, key.prefix)
@@ -370,7 +376,7 @@ async fn jobs(store: &Store, cmd: JobsCommand) -> Result<()> {
     Ok(())
 }
 
-fn system_event(action: &str, target_type: &str, target_id: impl ToString) -> AuditEvent {
+pub fn system_event(action: &str, target_type: &str, target_id: impl ToString) -> AuditEvent {
     AuditEvent {
         actor_type: "system",
         actor_id: Some("cli".into()),

@@ -352,8 +352,10 @@ impl Config {
 
     pub fn auth(&self) -> waypost_api::AuthConfig {
         waypost_api::AuthConfig {
-            session_idle: Duration::from_secs(self.auth.session_idle_minutes * 60),
-            session_absolute: Duration::from_secs(self.auth.session_absolute_hours * 3600),
+            session_idle: Duration::from_secs(self.auth.session_idle_minutes.saturating_mul(60)),
+            session_absolute: Duration::from_secs(
+                self.auth.session_absolute_hours.saturating_mul(3600),
+            ),
             max_failures_per_ip: i64::from(self.auth.max_failures_per_ip_per_hour),
             max_failures_per_account: i64::from(self.auth.max_failures_per_account_per_hour),
             secure_cookies: self.auth.secure_cookies,

@@ -8,7 +8,7 @@ use waypost_jobs::{Registry, Scheduler, Worker, audit_retention_schedule, prune_
 use waypost_store::{NewApiKey, Store};
 
 use crate::{
-    commands::{master_key, open_store, open_vault},
+    commands::{master_key, open_store, open_vault, system_event},
     config::Config,
 };
 
@@ -43,8 +43,9 @@ pub async fn run(config: Config) -> Result<()> {
     let mut tasks = tokio::task::JoinSet::new();
 
     let worker = config.jobs.enabled.then(|| {
-        let keep = Duration::from_secs(config.jobs.keep_done_hours * 3600);
-        let audit_keep = Duration::from_secs(config.audit.platform_retention_days * 86_400);
+        let keep = Duration::from_secs(config.jobs.keep_done_hours.saturating_mul(3600));
+        let audit_keep =
+            Duration::from_secs(config.audit.platform_retention_days.saturating_mul(86_400));
         Worker::new(
             store.clone(),
             Registry::with_builtins(keep, audit_keep).register(
@@ -135,16 +136,21 @@ async fn bootstrap(store: &Store) -> Result<()> {
         return tx.commit().await;
     }
     let tenant = tx.create_tenant("Default").await?;
+    tx.audit(system_event("tenant.create", "tenant", tenant.id))
+        .await?;
     let secret = ApiKeySecret::generate(tenant.id)?;
     let mut tx = tx.enter_tenant(tenant.id).await?;
-    tx.create_api_key(NewApiKey {
-        prefix: secret.prefix,
-        secret_hash: secret.secret_hash,
-        name: "bootstrap".into(),
-        role: Role::Owner,
-        expires_at: None,
-    })
-    .await?;
+    let key = tx
+        .create_api_key(NewApiKey {
+            prefix: secret.prefix,
+            secret_hash: secret.secret_hash,
+            name: "bootstrap".into(),
+            role: Role::Owner,
+            expires_at: None,
+        })
+        .await?;
+    tx.audit(system_event("api_key.create", "api_key", key.id))
+        .await?;
     tx.commit().await?;
     println!(
         "First run: created tenant \"Default\" ({}) with this owner API key:",

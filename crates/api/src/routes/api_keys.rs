@@ -133,6 +133,12 @@ pub async fn revoke_api_key(
     ApiPath(id): ApiPath<ApiKeyId>,
 ) -> Result<Json<ApiKey>, ApiError> {
     let mut tx = state.store.tenant(auth.tenant()?).await?;
+    if tx.get_api_key(id).await?.role == Role::Owner && auth.role != Some(Role::Owner) {
+        return Err(ApiError(waypost_core::Error::new(
+            waypost_core::ErrorCode::Forbidden,
+            "only an owner can revoke an owner key",
+        )));
+    }
     let key = tx.revoke_api_key(id).await?;
     tx.audit(auth.event("api_key.revoke", "api_key", key.id))
         .await?;

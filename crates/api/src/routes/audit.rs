@@ -154,6 +154,7 @@ fn to_csv(records: &[AuditRecord]) -> Result<String, ApiError> {
     writer
         .write_record([
             "seq",
+            "id",
             "occurred_at",
             "actor_type",
             "actor_id",
@@ -174,6 +175,7 @@ fn to_csv(records: &[AuditRecord]) -> Result<String, ApiError> {
         writer
             .write_record([
                 r.seq.to_string(),
+                r.id.to_string(),
                 Timestamp::from_millis(r.occurred_at).rfc3339(),
                 defuse(&r.actor_type),
                 opt(&r.actor_id),

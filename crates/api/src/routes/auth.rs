@@ -54,7 +54,20 @@ fn dummy_hash() -> &'static str {
     })
 }
 
-async fn verify(password: String, hash: String) -> bool {
+/// Argon2 costs ~19 MiB and tens of milliseconds each; a bounded number run at once so a
+/// flood of sign-ins cannot exhaust memory or the blocking pool.
+fn argon2_permits() -> &'static tokio::sync::Semaphore {
+    static PERMITS: OnceLock<tokio::sync::Semaphore> = OnceLock::new();
+    PERMITS.get_or_init(|| {
+        let cores = std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get);
+        tokio::sync::Semaphore::new(cores * 2)
+    })
+}
+
+pub(crate) async fn verify(password: String, hash: String) -> bool {
+    let Ok(_permit) = argon2_permits().acquire().await else {
+        return false;
+    };
     tokio::task::spawn_blocking(move || waypost_vault::verify_password(&password, &hash))
         .await
         .unwrap_or(false)
@@ -85,10 +98,15 @@ pub async fn login(
 ) -> Result<Response, ApiError> {
     let now = Timestamp::now();
     let hour_ago = now.minus(std::time::Duration::from_secs(3600));
+    if body.email.len() > 254 || body.password.len() > 1024 {
+        return Err(Error::new(ErrorCode::Unauthorized, "wrong email or password").into());
+    }
     let email = body.email.trim().to_lowercase();
     let ip_subject = format!("ip:{}", meta.ip.as_deref().unwrap_or("unknown"));
     let account_subject = format!("account:{email}");
 
+    // The attempt is counted as a failure before the password is checked and forgiven after
+    // a success, so a burst of parallel guesses cannot all slip under the limit.
     let mut tx = state.store.platform().await?;
     let by_ip = tx.count_auth_failures(&ip_subject, hour_ago).await?;
     let by_account = tx.count_auth_failures(&account_subject, hour_ago).await?;
@@ -102,8 +120,10 @@ pub async fn login(
         tx.commit().await?;
         return Err(throttled());
     }
+    tx.record_auth_failure(&ip_subject, now).await?;
+    tx.record_auth_failure(&account_subject, now).await?;
     let found = tx.find_user_by_email(&email).await?;
-    tx.rollback().await?;
+    tx.commit().await?;
 
     let hash = found
         .as_ref()
@@ -113,8 +133,6 @@ pub async fn login(
         Some(u) if password_ok && u.user.disabled_at.is_none() => u.user,
         found => {
             let mut tx = state.store.platform().await?;
-            tx.record_auth_failure(&ip_subject, now).await?;
-            tx.record_auth_failure(&account_subject, now).await?;
             let mut event = meta.event(
                 found.map(|u| crate::auth::Actor::User(u.user.id)),
                 "auth.sign_in",
@@ -131,6 +149,10 @@ pub async fn login(
         }
     };
 
+    let mut tx = state.store.platform().await?;
+    tx.forgive_auth_failure(&ip_subject, now).await?;
+    tx.forgive_auth_failure(&account_subject, now).await?;
+    tx.commit().await?;
     let mut tx = state.store.platform().await?;
     let memberships = tx.memberships_of(user.id).await?;
     let tenant = match body.tenant_id {
@@ -325,6 +347,10 @@ pub async fn change_password(
             "the current password is wrong",
         )));
     }
+    let _permit = argon2_permits()
+        .acquire()
+        .await
+        .map_err(|e| Error::internal("hashing a password", e))?;
     let new_hash =
         tokio::task::spawn_blocking(move || waypost_vault::hash_password(&body.new_password))
             .await

@@ -589,7 +589,7 @@ async fn the_audit_trail_is_readable_filterable_exportable_and_reads_are_audited
         );
         let csv = csv.text().await.unwrap();
         assert_eq!(csv.lines().count(), 4, "{csv}");
-        assert!(csv.starts_with("seq,occurred_at,actor_type"));
+        assert!(csv.starts_with("seq,id,occurred_at,actor_type"));
         let jsonl = server
             .client
             .get(format!("{}/api/v1/audit-events?format=jsonl", server.base))

@@ -221,9 +221,40 @@ async fn roles_gate_key_management() {
             StatusCode::FORBIDDEN,
             "an admin must not mint owner keys"
         );
+        let owner = server.key(tenant, Role::Owner, None).await;
+        let (_, keys) = server
+            .call(Method::GET, "/api/v1/api-keys", Some(&admin), None)
+            .await;
+        let owner_id = keys["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|k| k["role"] == "owner")
+            .unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let (status, _) = server
+            .call(
+                Method::DELETE,
+                &format!("/api/v1/api-keys/{owner_id}"),
+                Some(&admin),
+                None,
+            )
+            .await;
+        assert_eq!(
+            status,
+            StatusCode::FORBIDDEN,
+            "an admin must not revoke owner keys"
+        );
+        let (status, _) = server
+            .call(Method::GET, "/api/v1/tenant", Some(&owner), None)
+            .await;
+        assert_eq!(status, StatusCode::OK);
+        // The owner key minted by the test; the refused requests added or revoked nothing.
         assert_eq!(
             server.key_count(tenant).await,
-            before,
+            before + 1,
             "a refused request changed something"
         );
     }
@@ -529,6 +560,13 @@ async fn operations_endpoints_report_health_readiness_and_metrics() {
             (status, health["status"].as_str()),
             (StatusCode::OK, Some("ok"))
         );
+        let head = server
+            .client
+            .head(format!("{}/healthz", server.base))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(head.status(), StatusCode::OK, "HEAD answers like GET");
         let (status, ready) = server.call(Method::GET, "/readyz", None, None).await;
         assert_eq!(status, StatusCode::OK);
         assert_eq!(ready["database"]["engine"], engine);

@@ -279,3 +279,27 @@ async fn users_memberships_sessions_and_failures() {
         tx.commit().await.unwrap();
     }
 }
+
+#[tokio::test]
+async fn verifying_while_records_are_appended_is_not_mistaken_for_tampering() {
+    for db in test_databases().await {
+        let store = db.store().await;
+        let t = tenant(&store).await;
+        let writer = {
+            let store = db.store().await;
+            tokio::spawn(async move {
+                for _ in 0..300 {
+                    let mut tx = store.tenant(t).await.unwrap();
+                    tx.audit(event("auth.sign_in", "u")).await.unwrap();
+                    tx.commit().await.unwrap();
+                }
+            })
+        };
+        for _ in 0..20 {
+            let report = store.verify_audit(Some(t)).await.unwrap();
+            assert_eq!(report.first_broken_seq, None, "{:?}: {report:?}", db.flavor);
+        }
+        writer.await.unwrap();
+        assert_eq!(store.verify_audit(Some(t)).await.unwrap().records, 300);
+    }
+}
