@@ -30,8 +30,10 @@ pub enum Permission {
     /// Read and export the audit trail (customer-data access: denials are audited too).
     ReadAudit,
     ManageChannels,
-    /// Read conversations and messages (customer data; analysts see it masked).
+    /// Read conversations, messages and contacts (customer data; analysts see it masked).
     ReadConversations,
+    /// Create, change and erase contacts, record consent (agents too: they work the inbox).
+    ManageContacts,
 }
 
 impl Permission {
@@ -43,6 +45,7 @@ impl Permission {
             | Permission::ManageSettings
             | Permission::ReadAudit
             | Permission::ManageChannels => role.can_administer(),
+            Permission::ManageContacts => matches!(role, Role::Owner | Role::Admin | Role::Agent),
             Permission::SignedIn | Permission::Operate => false,
         }
     }
@@ -56,6 +59,7 @@ impl Permission {
 }
 
 /// Every route, by method and path template.
+#[rustfmt::skip]
 pub const ROUTE_PERMISSIONS: &[(&str, &str, Permission)] = &[
     ("GET", "/healthz", Permission::Public),
     ("GET", "/readyz", Permission::Public),
@@ -84,16 +88,15 @@ pub const ROUTE_PERMISSIONS: &[(&str, &str, Permission)] = &[
     ("GET", "/api/v1/channels", Permission::ReadTenant),
     ("POST", "/api/v1/channels", Permission::ManageChannels),
     ("GET", "/api/v1/channels/{id}", Permission::ManageChannels),
-    (
-        "GET",
-        "/api/v1/conversations",
-        Permission::ReadConversations,
-    ),
-    (
-        "GET",
-        "/api/v1/conversations/{id}/messages",
-        Permission::ReadConversations,
-    ),
+    ("GET", "/api/v1/contacts", Permission::ReadConversations),
+    ("POST", "/api/v1/contacts", Permission::ManageContacts),
+    ("GET", "/api/v1/contacts/{id}", Permission::ReadConversations),
+    ("PATCH", "/api/v1/contacts/{id}", Permission::ManageContacts),
+    ("DELETE", "/api/v1/contacts/{id}", Permission::ManageContacts),
+    ("GET", "/api/v1/settings/consent", Permission::ManageSettings),
+    ("PUT", "/api/v1/settings/consent", Permission::ManageSettings),
+    ("GET", "/api/v1/conversations", Permission::ReadConversations),
+    ("GET", "/api/v1/conversations/{id}/messages", Permission::ReadConversations),
     // Authenticated by the provider's signature or verify token, in the handler.
     ("GET", "/webhooks/meta/{channel_id}", Permission::Public),
     ("POST", "/webhooks/meta/{channel_id}", Permission::Public),

@@ -4,6 +4,7 @@
 mod error;
 mod ids;
 mod page;
+mod phone;
 mod role;
 mod time;
 
@@ -13,5 +14,6 @@ pub use ids::{
     UserId,
 };
 pub use page::{Cursor, Page, PageRequest};
+pub use phone::PhoneNumber;
 pub use role::Role;
 pub use time::Timestamp;

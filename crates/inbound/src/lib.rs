@@ -6,12 +6,15 @@
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
-use waypost_core::{Error, ErrorCode, InboxId, Timestamp};
+use waypost_core::{ContactId, Error, ErrorCode, InboxId, Timestamp};
 use waypost_jobs::{Handler, JobContext, JobError};
 use waypost_providers::{
     InboundEvent, InboundMessage, MessageContent, StatusUpdate, UserRef, meta,
 };
-use waypost_store::{ContactIdentity, NewInboundMessage, NewJob, StatusChange, TenantScope, Tx};
+use waypost_store::{
+    ConsentSettings, ContactIdentity, MARKETING, NewInboundMessage, NewJob, StatusChange,
+    TenantScope, Tx,
+};
 
 pub const PROCESS_KIND: &str = "inbound.process";
 
@@ -33,6 +36,43 @@ pub struct Processed {
     pub duplicates: u32,
     pub statuses: u32,
     pub other_events: u32,
+    pub consent_changes: u32,
+}
+
+/// `opt_out` / `opt_in` when a text message is exactly one of the tenant's keywords (case and
+/// whitespace ignored).
+pub fn keyword_action(
+    settings: &ConsentSettings,
+    content: &MessageContent,
+) -> Option<&'static str> {
+    let MessageContent::Text { body } = content else {
+        return None;
+    };
+    let normalize = |s: &str| {
+        s.chars()
+            .filter(|c| !c.is_whitespace())
+            .collect::<String>()
+            .to_uppercase()
+    };
+    let said = normalize(body);
+    if said.is_empty() || said.len() > 64 {
+        return None;
+    }
+    if settings
+        .opt_out_keywords
+        .iter()
+        .any(|k| normalize(k) == said)
+    {
+        Some("opt_out")
+    } else if settings
+        .opt_in_keywords
+        .iter()
+        .any(|k| normalize(k) == said)
+    {
+        Some("opt_in")
+    } else {
+        None
+    }
 }
 
 /// Processes one inbox entry inside `tx` (which belongs to the entry's tenant).
@@ -43,6 +83,7 @@ pub async fn process(tx: &mut Tx<TenantScope>, inbox_id: InboxId) -> Result<Proc
         return Ok(done);
     }
     let channel = tx.get_channel(entry.channel_id).await?;
+    let consent = tx.consent_settings().await?;
     let events = match entry.provider.as_str() {
         "meta" | "360dialog" => meta::parse(&entry.body).map_err(|e| {
             Error::new(
@@ -68,11 +109,47 @@ pub async fn process(tx: &mut Tx<TenantScope>, inbox_id: InboxId) -> Result<Proc
         }
         match event {
             InboundEvent::Message(message) => {
-                if store_message(tx, entry.channel_id, &message, entry.received_at).await? {
-                    done.messages += 1;
-                } else {
-                    done.duplicates += 1;
+                match store_message(tx, entry.channel_id, &message, entry.received_at).await? {
+                    Some(contact) => {
+                        done.messages += 1;
+                        if let Some(action) = keyword_action(&consent, &message.content) {
+                            let at = message
+                                .sent_at_ms
+                                .map_or(entry.received_at, Timestamp::from_millis);
+                            tx.record_consent(contact, MARKETING, action, "keyword", None, at)
+                                .await?;
+                            done.consent_changes += 1;
+                        }
+                    }
+                    None => done.duplicates += 1,
                 }
+            }
+            InboundEvent::UserPreference(pref) => {
+                // Meta's marketing preference signal: the user stopped or resumed marketing.
+                let action = match pref.value.as_deref() {
+                    Some("stop") => Some("opt_out"),
+                    Some("resume") => Some("opt_in"),
+                    _ => None,
+                };
+                let payload = serde_json::to_value(&pref)
+                    .map_err(|e| Error::internal("serializing a preference", e))?;
+                tx.record_channel_event(entry.channel_id, "user_preferences", &payload)
+                    .await?;
+                if let (Some(action), true) = (action, pref.user.is_identified()) {
+                    let contact = tx.upsert_contact(&identity(&pref.user)).await?;
+                    let at = pref.at_ms.map_or(entry.received_at, Timestamp::from_millis);
+                    tx.record_consent(
+                        contact,
+                        MARKETING,
+                        action,
+                        "meta_signal",
+                        pref.category.as_deref(),
+                        at,
+                    )
+                    .await?;
+                    done.consent_changes += 1;
+                }
+                done.other_events += 1;
             }
             InboundEvent::Status(status) => {
                 apply_status(tx, entry.channel_id, &status).await?;
@@ -124,12 +201,13 @@ fn kind_of(content: &MessageContent) -> String {
         .unwrap_or_else(|| "unknown".into())
 }
 
+/// Stores a message; the contact's id when it was new, `None` for a duplicate.
 async fn store_message(
     tx: &mut Tx<TenantScope>,
     channel: waypost_core::ChannelId,
     message: &InboundMessage,
     received_at: Timestamp,
-) -> Result<bool, Error> {
+) -> Result<Option<ContactId>, Error> {
     let contact = tx.upsert_contact(&identity(&message.from)).await?;
     let sent_at = message.sent_at_ms.map(Timestamp::from_millis);
     let conversation = tx
@@ -154,7 +232,7 @@ async fn store_message(
             sent_at,
         })
         .await?;
-    Ok(inserted.is_some())
+    Ok(inserted.map(|_| contact))
 }
 
 async fn apply_status(

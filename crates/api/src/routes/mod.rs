@@ -2,6 +2,7 @@ mod api_keys;
 mod audit;
 mod auth;
 pub mod channels;
+mod contacts;
 mod conversations;
 mod operator;
 mod ops;
@@ -43,6 +44,7 @@ use crate::{
         (name = "audit", description = "The tenant's tamper-evident audit trail"),
         (name = "operator", description = "Platform operators"),
         (name = "channels", description = "Connected WhatsApp numbers"),
+        (name = "contacts", description = "Contacts and their consent history (reads are audited)"),
         (name = "conversations", description = "Threads and messages (reads are audited)"),
         (name = "webhooks", description = "Inbound provider webhooks, authenticated by signature")
     )
@@ -139,6 +141,16 @@ pub fn router() -> (axum::Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(operator::open_tenant))
         .routes(routes!(channels::list_channels, channels::create_channel))
         .routes(routes!(channels::get_channel))
+        .routes(routes!(contacts::list_contacts, contacts::create_contact))
+        .routes(routes!(
+            contacts::get_contact,
+            contacts::update_contact,
+            contacts::delete_contact
+        ))
+        .routes(routes!(
+            contacts::get_consent_settings,
+            contacts::put_consent_settings
+        ))
         .routes(routes!(conversations::list_conversations))
         .routes(routes!(conversations::list_messages))
         .routes(routes!(

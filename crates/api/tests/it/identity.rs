@@ -840,3 +840,184 @@ async fn operators_see_tenants_read_only_and_unmasking_needs_a_recorded_reason()
         assert_eq!(agent["unmasked"], true);
     }
 }
+
+#[tokio::test]
+async fn contacts_are_normalized_searchable_consented_audited_and_erasable() {
+    for db in test_databases().await {
+        let server = start(db).await;
+        let (tenant, other) = (server.tenant("Acme").await, server.tenant("Other").await);
+        let agent = server.key(tenant, Role::Agent, None).await;
+        let analyst = server.key(tenant, Role::Analyst, None).await;
+        let stranger = server.key(other, Role::Owner, None).await;
+
+        let (status, created) = server
+            .call(
+                Method::POST,
+                "/api/v1/contacts",
+                Some(&agent),
+                Some(
+                    json!({"phone": "+1 (415) 555-0100", "name": "Ada Lovelace", "opted_in": true}),
+                ),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{created}");
+        assert_eq!(
+            (created["phone"].as_str(), created["wa_id"].as_str()),
+            (Some("+14155550100"), Some("14155550100"))
+        );
+        assert_eq!(created["marketing_consent"], "opted_in");
+        let id = created["id"].as_str().unwrap().to_string();
+        let (status, _) = server
+            .call(
+                Method::POST,
+                "/api/v1/contacts",
+                Some(&agent),
+                Some(json!({"phone": "14155550100"})),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CONFLICT);
+        let (status, problem) = server
+            .call(
+                Method::POST,
+                "/api/v1/contacts",
+                Some(&agent),
+                Some(json!({"phone": "555-0100"})),
+            )
+            .await;
+        assert_eq!(
+            (status, problem["code"].as_str()),
+            (StatusCode::UNPROCESSABLE_ENTITY, Some("validation_failed"))
+        );
+        server
+            .call(
+                Method::POST,
+                "/api/v1/contacts",
+                Some(&agent),
+                Some(json!({"phone": "+442079460958", "name": "Charles"})),
+            )
+            .await;
+
+        for search in ["4155550100", "%2B1%20415%20555%200100", "lovel", "ADA"] {
+            let (_, found) = server
+                .call(
+                    Method::GET,
+                    &format!("/api/v1/contacts?search={search}"),
+                    Some(&agent),
+                    None,
+                )
+                .await;
+            let ids: Vec<_> = found["data"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|c| c["id"].as_str().unwrap().to_string())
+                .collect();
+            assert_eq!(ids, [id.clone()], "search {search}");
+        }
+        let (_, all) = server
+            .call(Method::GET, "/api/v1/contacts", Some(&agent), None)
+            .await;
+        assert_eq!(all["data"].as_array().unwrap().len(), 2);
+
+        let (status, updated) = server
+            .call(
+                Method::PATCH,
+                &format!("/api/v1/contacts/{id}"),
+                Some(&agent),
+                Some(json!({"marketing_consent": "opt_out", "note": "asked by phone"})),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{updated}");
+        assert_eq!(updated["marketing_consent"], "opted_out");
+        let history = updated["consent_history"].as_array().unwrap();
+        assert_eq!(history.len(), 2);
+        assert_eq!(
+            (
+                history[1]["action"].as_str(),
+                history[1]["source"].as_str(),
+                history[1]["note"].as_str()
+            ),
+            (Some("opt_out"), Some("api"), Some("asked by phone"))
+        );
+        let (status, _) = server
+            .call(
+                Method::PATCH,
+                &format!("/api/v1/contacts/{id}"),
+                Some(&agent),
+                Some(json!({"marketing_consent": "maybe"})),
+            )
+            .await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+
+        let (_, masked) = server
+            .call(
+                Method::GET,
+                &format!("/api/v1/contacts/{id}"),
+                Some(&analyst),
+                None,
+            )
+            .await;
+        assert_eq!(
+            masked["phone"], "•••0100",
+            "analysts see identifiers masked"
+        );
+        assert_eq!(masked["name"], "A•••");
+        let (status, _) = server
+            .call(
+                Method::PATCH,
+                &format!("/api/v1/contacts/{id}"),
+                Some(&analyst),
+                Some(json!({"name": "x"})),
+            )
+            .await;
+        assert_eq!(status, StatusCode::FORBIDDEN);
+
+        for method in [Method::GET, Method::PATCH, Method::DELETE] {
+            let (status, _) = server
+                .call(
+                    method.clone(),
+                    &format!("/api/v1/contacts/{id}"),
+                    Some(&stranger),
+                    Some(json!({})),
+                )
+                .await;
+            assert_eq!(
+                status,
+                StatusCode::NOT_FOUND,
+                "{method} from another tenant"
+            );
+        }
+        let (status, _) = server
+            .call(
+                Method::DELETE,
+                &format!("/api/v1/contacts/{id}"),
+                Some(&agent),
+                None,
+            )
+            .await;
+        assert_eq!(status, StatusCode::NO_CONTENT);
+        let (status, _) = server
+            .call(
+                Method::GET,
+                &format!("/api/v1/contacts/{id}"),
+                Some(&agent),
+                None,
+            )
+            .await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+
+        let trail = server.audit_actions(Some(tenant)).await;
+        for expected in [
+            "contact.create:success",
+            "contact.list:success",
+            "contact.read:success",
+            "contact.update:success",
+            "contact.delete:success",
+        ] {
+            assert!(
+                trail.contains(&expected.to_string()),
+                "{expected} not in {trail:?}"
+            );
+        }
+    }
+}

@@ -277,3 +277,84 @@ async fn changes_for_another_number_are_left_to_that_channel() {
     let processed = ingest(&store, tenant, ch, &fixture("batch")).await;
     assert_eq!((processed.messages, processed.statuses), (2, 0));
 }
+
+fn text_body(id: &str, text: &str) -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({"object":"whatsapp_business_account","entry":[{"id":"102290129340398","changes":[{"field":"messages","value":{
+        "messaging_product":"whatsapp","metadata":{"display_phone_number":"15550783881","phone_number_id":"106540352242922"},
+        "contacts":[{"profile":{"name":"Sheena"},"wa_id":"16505551234"}],
+        "messages":[{"from":"16505551234","id": id,"timestamp":"1749416383","type":"text","text":{"body": text}}]}}]}]}))
+    .unwrap()
+}
+
+async fn consent_of(store: &Store, tenant: TenantId) -> (String, Vec<(String, String)>) {
+    let mut tx = store.tenant_read(tenant).await.unwrap();
+    let contact = tx
+        .list_contacts(None, 10, None)
+        .await
+        .unwrap()
+        .data
+        .remove(0);
+    let history = tx.consent_history(contact.id).await.unwrap();
+    (
+        contact.marketing_consent,
+        history.into_iter().map(|e| (e.action, e.source)).collect(),
+    )
+}
+
+#[tokio::test]
+async fn stop_and_start_keywords_and_meta_signals_change_consent() {
+    for db in test_databases().await {
+        let store = db.store().await;
+        let (tenant, ch) = channel(&store).await;
+        ingest(
+            &store,
+            tenant,
+            ch,
+            &text_body("wamid.A", "Please stop sending me offers"),
+        )
+        .await;
+        assert_eq!(
+            consent_of(&store, tenant).await.0,
+            "unknown",
+            "only the whole message is a keyword"
+        );
+        ingest(&store, tenant, ch, &text_body("wamid.B", "  sToP \n")).await;
+        assert_eq!(consent_of(&store, tenant).await.0, "opted_out");
+        // A retried STOP is a duplicate message and records nothing twice.
+        ingest(&store, tenant, ch, &text_body("wamid.B", "  sToP \n")).await;
+        ingest(&store, tenant, ch, &text_body("wamid.C", "start")).await;
+        let (state, history) = consent_of(&store, tenant).await;
+        assert_eq!(state, "opted_in");
+        assert_eq!(
+            history,
+            [
+                ("opt_out".to_string(), "keyword".to_string()),
+                ("opt_in".into(), "keyword".into())
+            ]
+        );
+
+        // Tenants add keywords in other languages.
+        let mut tx = store.tenant(tenant).await.unwrap();
+        let mut settings = tx.consent_settings().await.unwrap();
+        settings.opt_out_keywords.push("BASTA".into());
+        tx.put_consent_settings(&settings).await.unwrap();
+        tx.commit().await.unwrap();
+        ingest(&store, tenant, ch, &text_body("wamid.D", "basta")).await;
+        assert_eq!(
+            consent_of(&store, tenant).await.0,
+            "opted_out",
+            "{:?}",
+            db.flavor
+        );
+
+        // Meta's marketing preference signal for the same user.
+        ingest(&store, tenant, ch, &text_body("wamid.E", "start")).await;
+        ingest(&store, tenant, ch, &fixture("user_preferences")).await;
+        let (state, history) = consent_of(&store, tenant).await;
+        assert_eq!(state, "opted_out");
+        assert_eq!(
+            history.last().unwrap(),
+            &("opt_out".to_string(), "meta_signal".to_string())
+        );
+    }
+}
