@@ -912,7 +912,7 @@ async fn contacts_are_normalized_searchable_consented_audited_and_erasable() {
                 .iter()
                 .map(|c| c["id"].as_str().unwrap().to_string())
                 .collect();
-            assert_eq!(ids, [id.clone()], "search {search}");
+            assert_eq!(ids, std::slice::from_ref(&id), "search {search}");
         }
         let (_, all) = server
             .call(Method::GET, "/api/v1/contacts", Some(&agent), None)
