@@ -253,3 +253,148 @@ async fn the_platform_app_routes_each_change_by_phone_number_id() {
     let (_, messages) = wait_for_messages(&client, &server, &key, 2).await;
     assert_eq!(messages["data"].as_array().unwrap().len(), 2);
 }
+
+fn text_webhook(wamid: &str) -> Vec<u8> {
+    serde_json::to_vec(&json!({"object":"whatsapp_business_account","entry":[{"id":"102290129340398","changes":[{"field":"messages","value":{
+        "messaging_product":"whatsapp","metadata":{"display_phone_number":"15550783881","phone_number_id":"106540352242922"},
+        "contacts":[{"profile":{"name":"Sheena"},"wa_id":"16505551234"}],
+        "messages":[{"from":"16505551234","id": wamid,"timestamp":"1749416383","type":"text","text":{"body": wamid}}]}}]}]}))
+    .unwrap()
+}
+
+async fn all_message_ids(client: &reqwest::Client, server: &Server, key: &str) -> Vec<String> {
+    let conversations: Value = client
+        .get(server.url("/api/v1/conversations"))
+        .bearer_auth(key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let Some(id) = conversations["data"][0]["id"].as_str() else {
+        return Vec::new();
+    };
+    let mut ids = Vec::new();
+    let mut cursor = String::new();
+    loop {
+        let url = server.url(&format!(
+            "/api/v1/conversations/{id}/messages?limit=200{cursor}"
+        ));
+        let page: Value = client
+            .get(url)
+            .bearer_auth(key)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        ids.extend(
+            page["data"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|m| m["provider_message_id"].as_str().unwrap().to_string()),
+        );
+        match page["next_cursor"].as_str() {
+            Some(next) => cursor = format!("&cursor={next}"),
+            None => return ids,
+        }
+    }
+}
+
+/// Kills the server with SIGKILL in the middle of a burst of webhooks; after a restart every
+/// webhook that got its 200 has been processed, and none twice.
+#[tokio::test]
+async fn a_crash_mid_burst_loses_no_acknowledged_webhook_and_doubles_none() {
+    for db in test_databases().await {
+        let scratch = Scratch::new();
+        let args = [
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--database-url",
+            db.url.as_str(),
+        ];
+        let env = [
+            ("WAYPOST_JOBS__POLL_INTERVAL_MS", "20"),
+            ("WAYPOST_JOBS__LEASE_SECS", "3"),
+        ];
+        let mut server = Server::start(&scratch.0, &args, &env);
+        let key = server.wait_for_stdout("  wp_").trim().to_string();
+        let client = reqwest::Client::new();
+        let channel: Value = client.post(server.url("/api/v1/channels")).bearer_auth(&key)
+            .json(&json!({"name": "Main", "phone_number_id": "106540352242922", "access_token": "t", "app_secret": APP_SECRET}))
+            .send().await.unwrap().json().await.unwrap();
+        let callback = channel["webhook"]["callback_url"]
+            .as_str()
+            .unwrap()
+            .to_string();
+
+        let acknowledged = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let mut senders = Vec::new();
+        for sender in 0..4 {
+            let (client, callback, acknowledged) =
+                (client.clone(), callback.clone(), acknowledged.clone());
+            senders.push(tokio::spawn(async move {
+                for i in 0..150 {
+                    let wamid = format!("wamid.CRASH.{sender}.{i}");
+                    let body = text_webhook(&wamid);
+                    let sent = client
+                        .post(&callback)
+                        .header(
+                            "x-hub-signature-256",
+                            sign_meta(APP_SECRET.as_bytes(), &body),
+                        )
+                        .body(body)
+                        .send()
+                        .await;
+                    match sent {
+                        Ok(resp) if resp.status() == 200 => {
+                            acknowledged.lock().unwrap().push(wamid)
+                        }
+                        _ => break, // the server is gone
+                    }
+                }
+            }));
+        }
+        while acknowledged.lock().unwrap().len() < 150 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        server.kill();
+        for sender in senders {
+            sender.await.unwrap();
+        }
+        let acknowledged = acknowledged.lock().unwrap().clone();
+        assert!(
+            acknowledged.len() < 600,
+            "the crash came too late to test anything"
+        );
+
+        let server = Server::start(&scratch.0, &args, &env);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        let stored = loop {
+            let stored = all_message_ids(&client, &server, &key).await;
+            let set: std::collections::HashSet<_> = stored.iter().collect();
+            if acknowledged.iter().all(|w| set.contains(w)) {
+                break stored;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "acknowledged webhooks were lost: {} of {} processed",
+                acknowledged.iter().filter(|w| set.contains(w)).count(),
+                acknowledged.len()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        let distinct: std::collections::HashSet<_> = stored.iter().collect();
+        assert_eq!(
+            distinct.len(),
+            stored.len(),
+            "{:?}: a webhook was processed twice",
+            db.flavor
+        );
+        assert!(stored.len() >= acknowledged.len());
+    }
+}

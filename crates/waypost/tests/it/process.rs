@@ -149,6 +149,12 @@ impl Server {
         format!("{}{path}", self.base.as_deref().expect("serving HTTP"))
     }
 
+    /// SIGKILL: no shutdown, no cleanup, as a crash.
+    pub fn kill(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
     /// SIGTERM, then wait for the exit.
     pub fn terminate(mut self) -> (ExitStatus, Vec<String>) {
         let pid = self.child.id().to_string();
