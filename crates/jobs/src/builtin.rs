@@ -51,7 +51,8 @@ impl Handler for RecordProbe {
     }
 }
 
-/// Enforces audit retention: each tenant's records older than its `audit_retention_days`,
+/// Enforces retention: each tenant's processed raw webhook bodies older than its
+/// `raw_payload_retention_days`; audit records older than its `audit_retention_days`,
 /// and platform records older than `platform_keep`, are deleted. Every prune appends an
 /// `audit.pruned` record, so a chain is never silently emptied. Also drops expired sessions
 /// and stale sign-in failure counts.
@@ -79,9 +80,12 @@ impl Handler for AuditRetention {
         let tenants = store.platform_read().await?.list_tenants().await?;
         for tenant in tenants {
             let mut tx = store.tenant(tenant.id).await?;
+            let settings = tx.tenant_settings().await?;
             let days =
-                u64::try_from(tx.tenant_settings().await?.audit_retention_days).unwrap_or(365);
-            let before = now.minus(Duration::from_secs(days.saturating_mul(86_400)));
+                |d: i64| Duration::from_secs(u64::try_from(d).unwrap_or(0).saturating_mul(86_400));
+            tx.prune_inbox(now.minus(days(settings.raw_payload_retention_days)))
+                .await?;
+            let before = now.minus(days(settings.audit_retention_days));
             let pruned = tx.prune_audit(before).await?;
             if pruned > 0 {
                 tx.audit(system_event(pruned, before)).await?;

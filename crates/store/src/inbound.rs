@@ -433,6 +433,23 @@ impl Tx<Tenant> {
         })
     }
 
+    /// Deletes processed raw bodies received before `before`; unprocessed ones stay.
+    pub async fn prune_inbox(&mut self, before: Timestamp) -> Result<u64> {
+        let tenant = self.tenant();
+        on_conn!(&mut self.conn, |c| {
+            sqlx::query(
+                "DELETE FROM webhook_inbox WHERE tenant_id = $1 AND received_at < $2 \
+                 AND processed_at IS NOT NULL",
+            )
+            .bind(tenant.as_uuid())
+            .bind(before.as_millis())
+            .execute(c)
+            .await
+            .map(|r| r.rows_affected())
+        })
+        .map_err(db_error)
+    }
+
     pub async fn mark_processed(&mut self, id: InboxId) -> Result<()> {
         let tenant = self.tenant();
         on_conn!(&mut self.conn, |c| {

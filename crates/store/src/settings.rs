@@ -8,16 +8,19 @@ use crate::{
 };
 
 /// Per-tenant policies.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct TenantSettings {
     /// How long audit records are kept (default 365 days).
     pub audit_retention_days: i64,
+    /// How long raw webhook bodies are kept once processed (default 90 days).
+    pub raw_payload_retention_days: i64,
 }
 
 impl Default for TenantSettings {
     fn default() -> Self {
         Self {
             audit_retention_days: 365,
+            raw_payload_retention_days: 90,
         }
     }
 }
@@ -47,32 +50,31 @@ struct AiRow {
 impl Tx<Tenant> {
     pub async fn tenant_settings(&mut self) -> Result<TenantSettings> {
         let tenant = self.tenant();
-        let days = on_conn!(&mut self.conn, |c| {
-            sqlx::query_scalar::<_, i64>(
-                "SELECT audit_retention_days FROM tenant_settings WHERE tenant_id = $1",
+        let row = on_conn!(&mut self.conn, |c| {
+            sqlx::query_as::<_, TenantSettings>(
+                "SELECT audit_retention_days, raw_payload_retention_days FROM tenant_settings \
+                 WHERE tenant_id = $1",
             )
             .bind(tenant.as_uuid())
             .fetch_optional(c)
             .await
         })
         .map_err(db_error)?;
-        Ok(
-            days.map_or_else(TenantSettings::default, |d| TenantSettings {
-                audit_retention_days: d,
-            }),
-        )
+        Ok(row.unwrap_or_default())
     }
 
     pub async fn put_tenant_settings(&mut self, settings: &TenantSettings) -> Result<()> {
         let tenant = self.tenant();
         on_conn!(&mut self.conn, |c| {
             sqlx::query(
-                "INSERT INTO tenant_settings (tenant_id, audit_retention_days, updated_at) \
-                 VALUES ($1, $2, $3) ON CONFLICT (tenant_id) DO UPDATE \
-                 SET audit_retention_days = $2, updated_at = $3",
+                "INSERT INTO tenant_settings (tenant_id, audit_retention_days, \
+                 raw_payload_retention_days, updated_at) VALUES ($1, $2, $3, $4) \
+                 ON CONFLICT (tenant_id) DO UPDATE SET audit_retention_days = $2, \
+                 raw_payload_retention_days = $3, updated_at = $4",
             )
             .bind(tenant.as_uuid())
             .bind(settings.audit_retention_days)
+            .bind(settings.raw_payload_retention_days)
             .bind(Timestamp::now().as_millis())
             .execute(c)
             .await

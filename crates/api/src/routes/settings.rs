@@ -25,6 +25,8 @@ pub async fn get_settings(
 pub struct UpdateSettings {
     /// 30 to 3650 days.
     pub audit_retention_days: i64,
+    /// 1 to 365 days; default 90.
+    pub raw_payload_retention_days: Option<i64>,
 }
 
 /// Changes the tenant's policies.
@@ -39,8 +41,15 @@ pub async fn put_settings(
     if !(30..=3650).contains(&body.audit_retention_days) {
         return Err(Error::validation("audit_retention_days must be between 30 and 3650").into());
     }
+    let raw_days = body.raw_payload_retention_days.unwrap_or(90);
+    if !(1..=365).contains(&raw_days) {
+        return Err(
+            Error::validation("raw_payload_retention_days must be between 1 and 365").into(),
+        );
+    }
     let settings = TenantSettings {
         audit_retention_days: body.audit_retention_days,
+        raw_payload_retention_days: raw_days,
     };
     let tenant = auth.tenant()?;
     let mut tx = state.store.tenant(tenant).await?;

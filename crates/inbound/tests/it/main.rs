@@ -358,3 +358,29 @@ async fn stop_and_start_keywords_and_meta_signals_change_consent() {
         );
     }
 }
+
+#[tokio::test]
+async fn processed_raw_bodies_are_pruned_and_unprocessed_ones_kept() {
+    for db in test_databases().await {
+        let store = db.store().await;
+        let (tenant, ch) = channel(&store).await;
+        let mut tx = store.tenant(tenant).await.unwrap();
+        let done = tx
+            .store_webhook(ch, "meta", &fixture("text"))
+            .await
+            .unwrap();
+        process(&mut tx, done).await.unwrap();
+        let waiting = tx
+            .store_webhook(ch, "meta", &fixture("image"))
+            .await
+            .unwrap();
+        let later = waypost_core::Timestamp::now().plus(std::time::Duration::from_secs(1));
+        assert_eq!(tx.prune_inbox(later).await.unwrap(), 1, "{:?}", db.flavor);
+        assert!(tx.inbox_entry(done).await.is_err());
+        assert!(
+            tx.inbox_entry(waiting).await.is_ok(),
+            "an unprocessed body was pruned"
+        );
+        tx.commit().await.unwrap();
+    }
+}

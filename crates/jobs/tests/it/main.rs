@@ -476,6 +476,7 @@ async fn audit_retention_prunes_old_records_and_leaves_a_verifiable_chain() {
         let mut tx = store.tenant(prune).await.unwrap();
         tx.put_tenant_settings(&waypost_store::TenantSettings {
             audit_retention_days: 0,
+            raw_payload_retention_days: 0,
         })
         .await
         .unwrap();

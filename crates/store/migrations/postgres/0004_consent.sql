@@ -36,3 +36,6 @@ BEGIN
     END LOOP;
 END
 $$;
+
+-- Raw webhook bodies are deleted after this many days (per tenant).
+ALTER TABLE tenant_settings ADD COLUMN raw_payload_retention_days bigint NOT NULL DEFAULT 90;

@@ -24,3 +24,6 @@ CREATE TABLE consent_settings (
 );
 
 CREATE INDEX contacts_phone ON contacts (tenant_id, phone_e164);
+
+-- Raw webhook bodies are deleted after this many days (per tenant).
+ALTER TABLE tenant_settings ADD COLUMN raw_payload_retention_days INTEGER NOT NULL DEFAULT 90;
