@@ -734,6 +734,16 @@ async fn operators_see_tenants_read_only_and_unmasking_needs_a_recorded_reason()
     for db in test_databases().await {
         let server = start(db).await;
         let tenant = server.tenant("Acme").await;
+        let owner = server.key(tenant, Role::Owner, None).await;
+        let (status, _) = server
+            .call(
+                Method::POST,
+                "/api/v1/contacts",
+                Some(&owner),
+                Some(json!({"phone": "+14155550100", "name": "Ada"})),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED);
         server.user("ops@example.com", None, true).await;
         let ops = server.login("ops@example.com", PASSWORD).await.1.unwrap();
         let (status, _) = server
@@ -760,6 +770,14 @@ async fn operators_see_tenants_read_only_and_unmasking_needs_a_recorded_reason()
         assert_eq!(
             me["unmasked"], false,
             "operators see tenant data redacted by default"
+        );
+        let (status, contacts) = server
+            .as_browser(Method::GET, "/api/v1/contacts", &ops, false, None)
+            .await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(
+            contacts["data"][0]["phone"], "•••0100",
+            "an operator saw a phone number unredacted"
         );
         let (_, tenants) = server
             .as_browser(Method::GET, "/api/v1/operator/tenants", &ops, false, None)
@@ -821,6 +839,13 @@ async fn operators_see_tenants_read_only_and_unmasking_needs_a_recorded_reason()
             .as_browser(Method::GET, "/api/v1/auth/me", &ops, false, None)
             .await;
         assert_eq!(me["unmasked"], true);
+        let (_, contacts) = server
+            .as_browser(Method::GET, "/api/v1/contacts", &ops, false, None)
+            .await;
+        assert_eq!(
+            contacts["data"][0]["phone"], "+14155550100",
+            "unmasked with a reason"
+        );
         assert!(
             records
                 .iter()
