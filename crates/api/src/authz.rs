@@ -102,6 +102,8 @@ pub const ROUTE_PERMISSIONS: &[(&str, &str, Permission)] = &[
     ("POST", "/webhooks/meta/{channel_id}", Permission::Public),
     ("GET", "/webhooks/meta", Permission::Public),
     ("POST", "/webhooks/meta", Permission::Public),
+    ("POST", "/webhooks/360dialog/{channel_id}", Permission::Public),
+    ("POST", "/webhooks/twilio/{channel_id}", Permission::Public),
 ];
 
 pub fn permission_for(method: &str, path: &str) -> Option<Permission> {

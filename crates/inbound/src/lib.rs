@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use waypost_core::{ContactId, Error, ErrorCode, InboxId, Timestamp};
 use waypost_jobs::{Handler, JobContext, JobError};
 use waypost_providers::{
-    InboundEvent, InboundMessage, MessageContent, StatusUpdate, UserRef, meta,
+    InboundEvent, InboundMessage, MessageContent, StatusUpdate, UserRef, meta, twilio,
 };
 use waypost_store::{
     ConsentSettings, ContactIdentity, MARKETING, NewInboundMessage, NewJob, StatusChange,
@@ -91,6 +91,7 @@ pub async fn process(tx: &mut Tx<TenantScope>, inbox_id: InboxId) -> Result<Proc
                 format!("unreadable webhook body: {e}"),
             )
         })?,
+        "twilio" => twilio::parse(&twilio::form_pairs(&entry.body)),
         other => {
             return Err(Error::new(
                 ErrorCode::ValidationFailed,

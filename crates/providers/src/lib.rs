@@ -5,5 +5,6 @@
 pub mod event;
 pub mod meta;
 pub mod signature;
+pub mod twilio;
 
 pub use event::*;

@@ -1,7 +1,9 @@
+use std::collections::BTreeMap;
+
 use axum::{Json, extract::State, http::StatusCode};
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use serde::{Deserialize, Serialize};
-use waypost_core::{ChannelId, Error, Page, PageRequest};
+use waypost_core::{ChannelId, Error, Page, PageRequest, PhoneNumber};
 use waypost_store::{Channel, NewChannel, SecretStatus};
 
 use crate::{
@@ -17,14 +19,14 @@ pub fn secret_purpose(channel: ChannelId, name: &str) -> String {
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateChannel {
-    /// `meta` (the Cloud API). BSPs (`360dialog`, `twilio`, `gupshup`, `bird`) are not wired yet.
+    /// `meta` (default), `360dialog` or `twilio`. Gupshup and Bird are not wired yet.
     #[serde(default = "default_provider")]
     pub provider: String,
     pub name: String,
-    /// Meta's phone number id: routes webhooks and sends.
-    pub phone_number_id: String,
+    /// Meta's phone number id (required for `meta` and `360dialog`): routes webhooks.
+    pub phone_number_id: Option<String>,
     pub waba_id: Option<String>,
-    /// The number as people dial it, e.g. `+15550783881`.
+    /// The number as people dial it, e.g. `+15550783881` (required for `twilio`: the sender).
     pub display_number: Option<String>,
     /// 80 (default), 1000, or 20 for numbers shared with the WhatsApp Business app.
     #[serde(default = "default_mps")]
@@ -32,12 +34,18 @@ pub struct CreateChannel {
     /// Point the channel at a simulator or proxy; default Meta's Graph API.
     pub graph_api_base_url: Option<String>,
     pub graph_api_version: Option<String>,
-    /// Write-only.
-    pub access_token: String,
-    /// Write-only; the channel's own Meta app secret, which signs its webhooks.
-    pub app_secret: String,
-    /// Write-only; generated when omitted.
+    /// `meta`, write-only.
+    pub access_token: Option<String>,
+    /// `meta`, write-only: the channel's own Meta app secret, which signs its webhooks.
+    pub app_secret: Option<String>,
+    /// `meta`, write-only; generated when omitted.
     pub verify_token: Option<String>,
+    /// `360dialog`, write-only: the `D360-API-KEY`.
+    pub api_key: Option<String>,
+    /// `twilio`.
+    pub account_sid: Option<String>,
+    /// `twilio`, write-only: signs Twilio's webhooks.
+    pub auth_token: Option<String>,
 }
 
 fn default_provider() -> String {
@@ -48,20 +56,15 @@ fn default_mps() -> i64 {
     80
 }
 
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct ChannelCredentials {
-    pub access_token: SecretStatus,
-    pub app_secret: SecretStatus,
-}
-
-/// What to paste into Meta's app dashboard (WhatsApp → Configuration → Webhook).
+/// What to configure at the provider so its webhooks reach this channel.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct WebhookSetup {
     pub callback_url: String,
-    /// Paste as the "Verify token". Shown so the setup can be completed; it only authorizes
-    /// Meta's subscription handshake.
-    pub verify_token: String,
-    /// Subscribe to these webhook fields.
+    /// Meta: paste as the "Verify token" (it only authorizes the subscription handshake).
+    pub verify_token: Option<String>,
+    /// 360dialog: custom headers to add to the webhook configuration.
+    pub headers: BTreeMap<String, String>,
+    /// Meta: subscribe to these webhook fields.
     pub fields: Vec<&'static str>,
 }
 
@@ -69,44 +72,74 @@ pub struct WebhookSetup {
 pub struct ChannelView {
     #[serde(flatten)]
     pub channel: Channel,
-    pub credentials: ChannelCredentials,
+    /// Which credentials are set (never their values).
+    pub credentials: BTreeMap<String, SecretStatus>,
     pub webhook: WebhookSetup,
+}
+
+/// The header 360dialog must send (configured as a custom webhook header).
+pub const D360_TOKEN_HEADER: &str = "x-waypost-token";
+
+/// The credentials each provider needs (stored encrypted), and which the server generates.
+fn credential_names(provider: &str) -> &'static [&'static str] {
+    match provider {
+        "meta" => &["access_token", "app_secret"],
+        "360dialog" => &["api_key"],
+        "twilio" => &["account_sid", "auth_token"],
+        _ => &[],
+    }
 }
 
 async fn view(state: &AppState, auth: &Auth, channel: Channel) -> Result<ChannelView, ApiError> {
     let mut tx = state.store.tenant_read(auth.tenant()?).await?;
-    let credentials = ChannelCredentials {
-        access_token: state
+    let mut credentials = BTreeMap::new();
+    for name in credential_names(&channel.provider) {
+        credentials.insert(
+            name.to_string(),
+            state
+                .vault
+                .status(&mut tx, &secret_purpose(channel.id, name))
+                .await?,
+        );
+    }
+    let mut reveal = async |name: &str| -> Result<Option<String>, ApiError> {
+        Ok(state
             .vault
-            .status(&mut tx, &secret_purpose(channel.id, "access_token"))
-            .await?,
-        app_secret: state
-            .vault
-            .status(&mut tx, &secret_purpose(channel.id, "app_secret"))
-            .await?,
+            .reveal(&mut tx, &secret_purpose(channel.id, name))
+            .await?
+            .map(|t| t.as_str().to_string()))
     };
-    let verify_token = state
-        .vault
-        .reveal(&mut tx, &secret_purpose(channel.id, "verify_token"))
-        .await?
-        .map(|t| t.as_str().to_string())
-        .unwrap_or_default();
-    let webhook = WebhookSetup {
-        callback_url: format!(
-            "{}/webhooks/meta/{}",
-            state.webhooks.public_base_url.trim_end_matches('/'),
-            channel.id
-        ),
-        verify_token,
-        fields: vec![
-            "messages",
-            "message_template_status_update",
-            "message_template_quality_update",
-            "user_preferences",
-            "account_update",
-            "phone_number_quality_update",
-        ],
+    let base = state.webhooks.public_base_url.trim_end_matches('/');
+    let provider_path = if channel.provider == "360dialog" {
+        "360dialog"
+    } else {
+        channel.provider.as_str()
     };
+    let mut webhook = WebhookSetup {
+        callback_url: format!("{base}/webhooks/{provider_path}/{}", channel.id),
+        verify_token: None,
+        headers: BTreeMap::new(),
+        fields: Vec::new(),
+    };
+    match channel.provider.as_str() {
+        "meta" => {
+            webhook.verify_token = reveal("verify_token").await?;
+            webhook.fields = vec![
+                "messages",
+                "message_template_status_update",
+                "message_template_quality_update",
+                "user_preferences",
+                "account_update",
+                "phone_number_quality_update",
+            ];
+        }
+        "360dialog" => {
+            if let Some(token) = reveal("webhook_token").await? {
+                webhook.headers.insert(D360_TOKEN_HEADER.into(), token);
+            }
+        }
+        _ => {}
+    }
     Ok(ChannelView {
         channel,
         credentials,
@@ -114,23 +147,19 @@ async fn view(state: &AppState, auth: &Auth, channel: Channel) -> Result<Channel
     })
 }
 
-fn validate(body: &CreateChannel) -> Result<(), Error> {
-    if body.provider != "meta" {
-        return Err(Error::validation(format!(
-            "provider {:?} is not supported yet; use meta (360dialog, twilio, gupshup and bird are planned)",
-            body.provider
-        )));
+fn required<'a>(field: &str, value: &'a Option<String>) -> Result<&'a str, Error> {
+    match value.as_deref().map(str::trim) {
+        Some(v) if !v.is_empty() && v.len() <= 4096 => Ok(v),
+        _ => Err(Error::validation(format!(
+            "{field} is required (1 to 4096 characters)"
+        ))),
     }
+}
+
+/// Checks the request and returns the secrets to store.
+fn validate(body: &CreateChannel) -> Result<Vec<(&'static str, String)>, Error> {
     if body.name.trim().is_empty() || body.name.len() > 200 {
         return Err(Error::validation("name must be 1 to 200 characters"));
-    }
-    if body.phone_number_id.is_empty()
-        || !body.phone_number_id.bytes().all(|b| b.is_ascii_digit())
-        || body.phone_number_id.len() > 32
-    {
-        return Err(Error::validation(
-            "phone_number_id must be Meta's numeric phone number id",
-        ));
     }
     if !matches!(body.throughput_mps, 20 | 80 | 1000) {
         return Err(Error::validation("throughput_mps must be 80, 1000 or 20"));
@@ -144,17 +173,63 @@ fn validate(body: &CreateChannel) -> Result<(), Error> {
             ));
         }
     }
-    for (field, value) in [
-        ("access_token", &body.access_token),
-        ("app_secret", &body.app_secret),
-    ] {
-        if value.trim().is_empty() || value.len() > 4096 {
-            return Err(Error::validation(format!(
-                "{field} must be 1 to 4096 characters"
-            )));
+    let number_id = || {
+        let id = required("phone_number_id", &body.phone_number_id)?;
+        if id.len() > 32 || !id.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(Error::validation(
+                "phone_number_id must be Meta's numeric phone number id",
+            ));
         }
+        Ok(())
+    };
+    let token = || -> Result<String, Error> {
+        Ok(URL_SAFE_NO_PAD
+            .encode(random_bytes::<24>().map_err(|e| Error::internal("random", e.to_string()))?))
+    };
+    match body.provider.as_str() {
+        "meta" => {
+            number_id()?;
+            let verify = body
+                .verify_token
+                .clone()
+                .filter(|t| !t.trim().is_empty())
+                .map_or_else(token, Ok)?;
+            Ok(vec![
+                (
+                    "access_token",
+                    required("access_token", &body.access_token)?.to_string(),
+                ),
+                (
+                    "app_secret",
+                    required("app_secret", &body.app_secret)?.to_string(),
+                ),
+                ("verify_token", verify),
+            ])
+        }
+        "360dialog" => {
+            number_id()?;
+            Ok(vec![
+                ("api_key", required("api_key", &body.api_key)?.to_string()),
+                ("webhook_token", token()?),
+            ])
+        }
+        "twilio" => {
+            PhoneNumber::parse(required("display_number", &body.display_number)?)?;
+            Ok(vec![
+                (
+                    "account_sid",
+                    required("account_sid", &body.account_sid)?.to_string(),
+                ),
+                (
+                    "auth_token",
+                    required("auth_token", &body.auth_token)?.to_string(),
+                ),
+            ])
+        }
+        other => Err(Error::validation(format!(
+            "provider {other:?} is not supported yet; use meta, 360dialog or twilio (gupshup and bird are planned)"
+        ))),
     }
-    Ok(())
 }
 
 /// Connects a WhatsApp number. Credentials are encrypted at rest and never returned; the
@@ -171,11 +246,16 @@ pub async fn create_channel(
     auth: Auth,
     ApiJson(body): ApiJson<CreateChannel>,
 ) -> Result<(StatusCode, Json<ChannelView>), ApiError> {
-    validate(&body)?;
+    let secrets = validate(&body)?;
     let tenant = auth.tenant()?;
-    let verify_token = match body.verify_token.clone() {
-        Some(token) if !token.trim().is_empty() => token,
-        _ => URL_SAFE_NO_PAD.encode(random_bytes::<24>()?),
+    let display_number = match body.provider.as_str() {
+        "twilio" => body
+            .display_number
+            .as_deref()
+            .map(PhoneNumber::parse)
+            .transpose()?
+            .map(|p| p.as_e164().to_string()),
+        _ => body.display_number.clone(),
     };
     let platform = state.store.platform().await?;
     let (mut tx, channel) = platform
@@ -184,9 +264,12 @@ pub async fn create_channel(
             NewChannel {
                 provider: body.provider.clone(),
                 name: body.name.trim().to_string(),
-                phone_number_id: Some(body.phone_number_id.clone()),
+                phone_number_id: body
+                    .phone_number_id
+                    .clone()
+                    .filter(|_| body.provider != "twilio"),
                 waba_id: body.waba_id.clone(),
-                display_number: body.display_number.clone(),
+                display_number,
                 throughput_mps: body.throughput_mps,
                 graph_api_base_url: body
                     .graph_api_base_url
@@ -199,16 +282,13 @@ pub async fn create_channel(
             },
         )
         .await?;
-    for (name, value) in [
-        ("access_token", &body.access_token),
-        ("app_secret", &body.app_secret),
-        ("verify_token", &verify_token),
-    ] {
+    for (name, value) in &secrets {
         state
             .vault
             .put_secret(&mut tx, &secret_purpose(channel.id, name), value)
             .await?;
     }
+
     tx.audit(auth.event("channel.create", "channel", channel.id))
         .await?;
     tx.audit(auth.event("secret.update", "channel", channel.id))

@@ -161,6 +161,8 @@ pub fn router() -> (axum::Router<AppState>, utoipa::openapi::OpenApi) {
             webhooks::meta_platform_handshake,
             webhooks::meta_platform_event
         ))
+        .routes(routes!(webhooks::d360_event))
+        .routes(routes!(webhooks::twilio_event))
         .split_for_parts();
     declare_security(&mut doc);
     (router, doc)

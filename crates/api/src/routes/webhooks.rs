@@ -98,7 +98,8 @@ async fn store(
     let inbox = tx.store_webhook(route.channel, provider, body).await?;
     tx.enqueue(waypost_inbound::process_job(inbox)?).await?;
     tx.commit().await?;
-    metrics::counter!("waypost_webhooks_stored_total", "provider" => "meta").increment(1);
+    metrics::counter!("waypost_webhooks_stored_total", "provider" => provider.to_string())
+        .increment(1);
     if let Some(wake) = &state.worker_wake {
         wake.notify_one();
     }
@@ -214,4 +215,75 @@ pub async fn meta_platform_event(
         tx.commit().await?;
     }
     Ok(StatusCode::OK.into_response())
+}
+
+/// Events from 360dialog (Meta's payloads, forwarded), authenticated by the secret header the
+/// channel setup asks to configure (`X-Waypost-Token`).
+#[utoipa::path(post, path = "/webhooks/360dialog/{channel_id}", tag = "webhooks",
+    params(("channel_id" = ChannelId, Path, description = "Channel id")),
+    request_body(content = String, content_type = "application/json"),
+    responses((status = OK, description = "Stored durably"), (status = UNAUTHORIZED), (status = FORBIDDEN)))]
+pub async fn d360_event(
+    State(state): State<AppState>,
+    ApiPath(channel): ApiPath<ChannelId>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let Some(route) = route(&state, channel).await? else {
+        return Ok(rejected("360dialog", "not_found"));
+    };
+    let Some(expected) = channel_secret(&state, route, "webhook_token").await? else {
+        return Ok(rejected("360dialog", "unknown_channel_secret"));
+    };
+    match headers
+        .get(crate::routes::channels::D360_TOKEN_HEADER)
+        .and_then(|v| v.to_str().ok())
+    {
+        None => return Ok(rejected("360dialog", "missing_signature")),
+        Some(token) if !signature::secrets_match(&expected, token) => {
+            return Ok(rejected("360dialog", "bad_signature"));
+        }
+        Some(_) => {}
+    }
+    store(&state, route, "360dialog", &body).await?;
+    Ok(StatusCode::OK.into_response())
+}
+
+/// Twilio's inbound messages and status callbacks, signed with the account's auth token over
+/// the externally visible URL (`http.public_base_url`) and the sorted form parameters.
+#[utoipa::path(post, path = "/webhooks/twilio/{channel_id}", tag = "webhooks",
+    params(("channel_id" = ChannelId, Path, description = "Channel id")),
+    request_body(content = String, content_type = "application/x-www-form-urlencoded"),
+    responses((status = OK, description = "Stored durably (empty TwiML)"), (status = UNAUTHORIZED), (status = FORBIDDEN)))]
+pub async fn twilio_event(
+    State(state): State<AppState>,
+    ApiPath(channel): ApiPath<ChannelId>,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let Some(route) = route(&state, channel).await? else {
+        return Ok(rejected("twilio", "not_found"));
+    };
+    let Some(auth_token) = channel_secret(&state, route, "auth_token").await? else {
+        return Ok(rejected("twilio", "unknown_channel_secret"));
+    };
+    let base = state.webhooks.public_base_url.trim_end_matches('/');
+    let url = match uri.query() {
+        Some(query) => format!("{base}{}?{query}", uri.path()),
+        None => format!("{base}{}", uri.path()),
+    };
+    let params = waypost_providers::twilio::form_pairs(&body);
+    let header = headers
+        .get("x-twilio-signature")
+        .and_then(|v| v.to_str().ok());
+    if let Err(err) = signature::verify_twilio(auth_token.as_bytes(), &url, &params, header) {
+        return Ok(rejected("twilio", signature_reason(err)));
+    }
+    store(&state, route, "twilio", &body).await?;
+    Ok((
+        [(axum::http::header::CONTENT_TYPE, "text/xml")],
+        "<Response/>",
+    )
+        .into_response())
 }

@@ -398,3 +398,151 @@ async fn a_crash_mid_burst_loses_no_acknowledged_webhook_and_doubles_none() {
         assert!(stored.len() >= acknowledged.len());
     }
 }
+
+#[tokio::test]
+async fn three_sixty_dialog_and_twilio_webhooks_are_authenticated_and_processed() {
+    for db in test_databases().await {
+        let scratch = Scratch::new();
+        let mut server = Server::start(
+            &scratch.0,
+            &[
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--database-url",
+                &db.url,
+            ],
+            &[("WAYPOST_JOBS__POLL_INTERVAL_MS", "50")],
+        );
+        let key = server.wait_for_stdout("  wp_").trim().to_string();
+        let client = reqwest::Client::new();
+
+        // 360dialog forwards Meta's payloads; it authenticates with a header we hand out.
+        let d360: Value = client.post(server.url("/api/v1/channels")).bearer_auth(&key)
+            .json(&json!({"provider": "360dialog", "name": "D360", "phone_number_id": "106540352242922", "api_key": "d360-key-0001"}))
+            .send().await.unwrap().json().await.unwrap();
+        assert_eq!(
+            d360["credentials"]["api_key"],
+            json!({"set": true, "last4": "0001"})
+        );
+        let callback = d360["webhook"]["callback_url"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        assert!(callback.contains("/webhooks/360dialog/"));
+        let token = d360["webhook"]["headers"]["x-waypost-token"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let body = fixture("text");
+        assert_eq!(
+            client
+                .post(&callback)
+                .body(body.clone())
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            401
+        );
+        assert_eq!(
+            client
+                .post(&callback)
+                .header("x-waypost-token", "nope")
+                .body(body.clone())
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            403
+        );
+        assert_eq!(
+            client
+                .post(&callback)
+                .header("x-waypost-token", &token)
+                .body(body)
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            200
+        );
+
+        // Twilio signs the public URL and the sorted form parameters with the auth token.
+        let twilio: Value = client.post(server.url("/api/v1/channels")).bearer_auth(&key)
+            .json(&json!({"provider": "twilio", "name": "Twilio", "display_number": "+1 415 523 8886", "account_sid": "AC123", "auth_token": "twilio-token"}))
+            .send().await.unwrap().json().await.unwrap();
+        assert_eq!(twilio["display_number"], "+14155238886");
+        let callback = twilio["webhook"]["callback_url"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let params: Vec<(String, String)> = [
+            ("MessageSid", "SMabc"),
+            ("AccountSid", "AC123"),
+            ("From", "whatsapp:+14155550177"),
+            ("To", "whatsapp:+14155238886"),
+            ("WaId", "14155550177"),
+            ("ProfileName", "Grace"),
+            ("MessageType", "text"),
+            ("Body", "Hello from Twilio"),
+            ("NumMedia", "0"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let form = serde_urlencoded(&params);
+        let good = waypost_providers::signature::sign_twilio(b"twilio-token", &callback, &params);
+        let send = |signature: String| {
+            client
+                .post(&callback)
+                .header("content-type", "application/x-www-form-urlencoded")
+                .header("x-twilio-signature", signature)
+                .body(form.clone())
+                .send()
+        };
+        assert_eq!(send("bm90IGl0".into()).await.unwrap().status(), 403);
+        let ok = send(good).await.unwrap();
+        assert_eq!(ok.status(), 200);
+        assert_eq!(ok.text().await.unwrap(), "<Response/>");
+
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let conversations: Value = client
+                .get(server.url("/api/v1/conversations"))
+                .bearer_auth(&key)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            let wa_ids: Vec<_> = conversations["data"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|c| c["contact_wa_id"].as_str().unwrap_or("").to_string())
+                .collect();
+            if wa_ids.contains(&"16505551234".to_string())
+                && wa_ids.contains(&"14155550177".to_string())
+            {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{:?}: {conversations}",
+                db.flavor
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(server.terminate().0.success());
+    }
+}
+
+fn serde_urlencoded(params: &[(String, String)]) -> String {
+    let mut serializer = url::form_urlencoded::Serializer::new(String::new());
+    for (k, v) in params {
+        serializer.append_pair(k, v);
+    }
+    serializer.finish()
+}
