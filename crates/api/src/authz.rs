@@ -104,6 +104,8 @@ pub const ROUTE_PERMISSIONS: &[(&str, &str, Permission)] = &[
     ("POST", "/webhooks/meta", Permission::Public),
     ("POST", "/webhooks/360dialog/{channel_id}", Permission::Public),
     ("POST", "/webhooks/twilio/{channel_id}", Permission::Public),
+    ("POST", "/webhooks/gupshup/{channel_id}/{path_secret}", Permission::Public),
+    ("POST", "/webhooks/bird/{channel_id}", Permission::Public),
 ];
 
 pub fn permission_for(method: &str, path: &str) -> Option<Permission> {

@@ -9,7 +9,8 @@ use serde::{Deserialize, Serialize};
 use waypost_core::{ContactId, Error, ErrorCode, InboxId, Timestamp};
 use waypost_jobs::{Handler, JobContext, JobError};
 use waypost_providers::{
-    InboundEvent, InboundMessage, MessageContent, StatusUpdate, UserRef, meta, twilio,
+    InboundEvent, InboundMessage, MessageContent, StatusUpdate, UserRef, bird, gupshup, meta,
+    twilio,
 };
 use waypost_store::{
     ConsentSettings, ContactIdentity, MARKETING, NewInboundMessage, NewJob, StatusChange,
@@ -92,6 +93,18 @@ pub async fn process(tx: &mut Tx<TenantScope>, inbox_id: InboxId) -> Result<Proc
             )
         })?,
         "twilio" => twilio::parse(&twilio::form_pairs(&entry.body)),
+        "gupshup" => gupshup::parse(&entry.body).map_err(|e| {
+            Error::new(
+                ErrorCode::ValidationFailed,
+                format!("unreadable webhook body: {e}"),
+            )
+        })?,
+        "bird" => bird::parse(&entry.body).map_err(|e| {
+            Error::new(
+                ErrorCode::ValidationFailed,
+                format!("unreadable webhook body: {e}"),
+            )
+        })?,
         other => {
             return Err(Error::new(
                 ErrorCode::ValidationFailed,

@@ -2,7 +2,9 @@
 //! normalizes them into. Pure functions: no I/O, no database. Every parser keeps what it does
 //! not understand (the raw object travels with each event) and never panics on input.
 
+pub mod bird;
 pub mod event;
+pub mod gupshup;
 pub mod meta;
 pub mod signature;
 pub mod twilio;

@@ -19,14 +19,15 @@ pub fn secret_purpose(channel: ChannelId, name: &str) -> String {
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateChannel {
-    /// `meta` (default), `360dialog` or `twilio`. Gupshup and Bird are not wired yet.
+    /// `meta` (default), `360dialog`, `twilio`, `gupshup` or `bird`.
     #[serde(default = "default_provider")]
     pub provider: String,
     pub name: String,
     /// Meta's phone number id (required for `meta` and `360dialog`): routes webhooks.
     pub phone_number_id: Option<String>,
     pub waba_id: Option<String>,
-    /// The number as people dial it, e.g. `+15550783881` (required for `twilio`: the sender).
+    /// The number as people dial it, e.g. `+15550783881` (required for `twilio`, `gupshup`
+    /// and `bird`).
     pub display_number: Option<String>,
     /// 80 (default), 1000, or 20 for numbers shared with the WhatsApp Business app.
     #[serde(default = "default_mps")]
@@ -40,12 +41,14 @@ pub struct CreateChannel {
     pub app_secret: Option<String>,
     /// `meta`, write-only; generated when omitted.
     pub verify_token: Option<String>,
-    /// `360dialog`, write-only: the `D360-API-KEY`.
+    /// `360dialog` (the `D360-API-KEY`), `gupshup` and `bird`, write-only.
     pub api_key: Option<String>,
     /// `twilio`.
     pub account_sid: Option<String>,
     /// `twilio`, write-only: signs Twilio's webhooks.
     pub auth_token: Option<String>,
+    /// `bird`, write-only: the webhook signing key.
+    pub signing_key: Option<String>,
 }
 
 fn default_provider() -> String {
@@ -86,6 +89,8 @@ fn credential_names(provider: &str) -> &'static [&'static str] {
         "meta" => &["access_token", "app_secret"],
         "360dialog" => &["api_key"],
         "twilio" => &["account_sid", "auth_token"],
+        "gupshup" => &["api_key"],
+        "bird" => &["api_key", "signing_key"],
         _ => &[],
     }
 }
@@ -136,6 +141,12 @@ async fn view(state: &AppState, auth: &Auth, channel: Channel) -> Result<Channel
         "360dialog" => {
             if let Some(token) = reveal("webhook_token").await? {
                 webhook.headers.insert(D360_TOKEN_HEADER.into(), token);
+            }
+        }
+        // Gupshup signs nothing: the URL itself carries an unguessable secret.
+        "gupshup" => {
+            if let Some(secret) = reveal("path_secret").await? {
+                webhook.callback_url = format!("{}/{secret}", webhook.callback_url);
             }
         }
         _ => {}
@@ -226,8 +237,25 @@ fn validate(body: &CreateChannel) -> Result<Vec<(&'static str, String)>, Error> 
                 ),
             ])
         }
+        "gupshup" => {
+            PhoneNumber::parse(required("display_number", &body.display_number)?)?;
+            Ok(vec![
+                ("api_key", required("api_key", &body.api_key)?.to_string()),
+                ("path_secret", token()?),
+            ])
+        }
+        "bird" => {
+            PhoneNumber::parse(required("display_number", &body.display_number)?)?;
+            Ok(vec![
+                ("api_key", required("api_key", &body.api_key)?.to_string()),
+                (
+                    "signing_key",
+                    required("signing_key", &body.signing_key)?.to_string(),
+                ),
+            ])
+        }
         other => Err(Error::validation(format!(
-            "provider {other:?} is not supported yet; use meta, 360dialog or twilio (gupshup and bird are planned)"
+            "unknown provider {other:?}; expected meta, 360dialog, twilio, gupshup or bird"
         ))),
     }
 }
@@ -249,7 +277,7 @@ pub async fn create_channel(
     let secrets = validate(&body)?;
     let tenant = auth.tenant()?;
     let display_number = match body.provider.as_str() {
-        "twilio" => body
+        "twilio" | "gupshup" | "bird" => body
             .display_number
             .as_deref()
             .map(PhoneNumber::parse)
@@ -267,7 +295,7 @@ pub async fn create_channel(
                 phone_number_id: body
                     .phone_number_id
                     .clone()
-                    .filter(|_| body.provider != "twilio"),
+                    .filter(|_| matches!(body.provider.as_str(), "meta" | "360dialog")),
                 waba_id: body.waba_id.clone(),
                 display_number,
                 throughput_mps: body.throughput_mps,

@@ -163,6 +163,8 @@ pub fn router() -> (axum::Router<AppState>, utoipa::openapi::OpenApi) {
         ))
         .routes(routes!(webhooks::d360_event))
         .routes(routes!(webhooks::twilio_event))
+        .routes(routes!(webhooks::gupshup_event))
+        .routes(routes!(webhooks::bird_event))
         .split_for_parts();
     declare_security(&mut doc);
     (router, doc)

@@ -287,3 +287,74 @@ pub async fn twilio_event(
     )
         .into_response())
 }
+
+/// Gupshup's events. Gupshup signs nothing, so the URL carries an unguessable per-channel
+/// secret, compared in constant time.
+#[utoipa::path(post, path = "/webhooks/gupshup/{channel_id}/{path_secret}", tag = "webhooks",
+    params(("channel_id" = ChannelId, Path, description = "Channel id"), ("path_secret" = String, Path, description = "The channel's secret")),
+    request_body(content = String, content_type = "application/json"),
+    responses((status = OK, description = "Stored durably"), (status = FORBIDDEN)))]
+pub async fn gupshup_event(
+    State(state): State<AppState>,
+    ApiPath((channel, presented)): ApiPath<(ChannelId, String)>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let Some(route) = route(&state, channel).await? else {
+        return Ok(rejected("gupshup", "not_found"));
+    };
+    let Some(expected) = channel_secret(&state, route, "path_secret").await? else {
+        return Ok(rejected("gupshup", "unknown_channel_secret"));
+    };
+    if !signature::secrets_match(&expected, &presented) {
+        return Ok(rejected("gupshup", "bad_signature"));
+    }
+    store(&state, route, "gupshup", &body).await?;
+    Ok(StatusCode::OK.into_response())
+}
+
+/// How far a Bird request's timestamp may be from now: replays outside it are refused.
+const BIRD_TOLERANCE_SECS: i64 = 300;
+
+/// Bird's events, signed with the channel's signing key over the timestamp, the public URL
+/// and the body's SHA-256.
+#[utoipa::path(post, path = "/webhooks/bird/{channel_id}", tag = "webhooks",
+    params(("channel_id" = ChannelId, Path, description = "Channel id")),
+    request_body(content = String, content_type = "application/json"),
+    responses((status = OK, description = "Stored durably"), (status = UNAUTHORIZED), (status = FORBIDDEN)))]
+pub async fn bird_event(
+    State(state): State<AppState>,
+    ApiPath(channel): ApiPath<ChannelId>,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let Some(route) = route(&state, channel).await? else {
+        return Ok(rejected("bird", "not_found"));
+    };
+    let Some(key) = channel_secret(&state, route, "signing_key").await? else {
+        return Ok(rejected("bird", "unknown_channel_secret"));
+    };
+    let base = state.webhooks.public_base_url.trim_end_matches('/');
+    let url = match uri.query() {
+        Some(query) => format!("{base}{}?{query}", uri.path()),
+        None => format!("{base}{}", uri.path()),
+    };
+    let timestamp = headers
+        .get("messagebird-request-timestamp")
+        .and_then(|v| v.to_str().ok());
+    let header = headers
+        .get("messagebird-signature")
+        .and_then(|v| v.to_str().ok());
+    if let Err(err) = signature::verify_bird(key.as_bytes(), timestamp, &url, &body, header) {
+        return Ok(rejected("bird", signature_reason(err)));
+    }
+    let now = waypost_core::Timestamp::now().as_millis() / 1000;
+    if timestamp
+        .and_then(|t| t.parse::<i64>().ok())
+        .is_none_or(|t| (now - t).abs() > BIRD_TOLERANCE_SECS)
+    {
+        return Ok(rejected("bird", "stale_timestamp"));
+    }
+    store(&state, route, "bird", &body).await?;
+    Ok(StatusCode::OK.into_response())
+}

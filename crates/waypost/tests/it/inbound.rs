@@ -400,7 +400,7 @@ async fn a_crash_mid_burst_loses_no_acknowledged_webhook_and_doubles_none() {
 }
 
 #[tokio::test]
-async fn three_sixty_dialog_and_twilio_webhooks_are_authenticated_and_processed() {
+async fn bsp_webhooks_are_authenticated_and_processed() {
     for db in test_databases().await {
         let scratch = Scratch::new();
         let mut server = Server::start(
@@ -506,6 +506,75 @@ async fn three_sixty_dialog_and_twilio_webhooks_are_authenticated_and_processed(
         assert_eq!(ok.status(), 200);
         assert_eq!(ok.text().await.unwrap(), "<Response/>");
 
+        // Gupshup signs nothing: the URL carries a secret.
+        let gupshup: Value = client.post(server.url("/api/v1/channels")).bearer_auth(&key)
+            .json(&json!({"provider": "gupshup", "name": "G", "display_number": "+918898000000", "api_key": "gs-key-1234"}))
+            .send().await.unwrap().json().await.unwrap();
+        let callback = gupshup["webhook"]["callback_url"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let body = br#"{"app":"DemoApp","timestamp":1580227766370,"version":2,"type":"message","payload":{"id":"ABEG9","source":"918898000214","type":"text","payload":{"text":"Hi"},"sender":{"phone":"918898000214","name":"Andy"}}}"#.to_vec();
+        let wrong = format!("{}/not-the-secret", callback.rsplit_once('/').unwrap().0);
+        assert_eq!(
+            client
+                .post(&wrong)
+                .body(body.clone())
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            403
+        );
+        assert_eq!(
+            client
+                .post(&callback)
+                .body(body)
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            200
+        );
+
+        // Bird signs timestamp, URL and body hash; a stale timestamp is a replay.
+        let bird: Value = client.post(server.url("/api/v1/channels")).bearer_auth(&key)
+            .json(&json!({"provider": "bird", "name": "B", "display_number": "+351922222222", "api_key": "bird-key", "signing_key": "bird-signing"}))
+            .send().await.unwrap().json().await.unwrap();
+        let callback = bird["webhook"]["callback_url"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let body = br#"{"service":"channels","event":"whatsapp.inbound","payload":{"id":"bird-1","sender":{"contact":{"identifierValue":"+351911111111"}},"body":{"type":"text","text":{"text":"Ola"}},"parts":[{"platformReference":"wamid.BIRD1"}]}}"#.to_vec();
+        let now = (std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs())
+        .to_string();
+        let stale = "1000000000".to_string();
+        let signed = |ts: &str| {
+            waypost_providers::signature::sign_bird(b"bird-signing", ts, &callback, &body)
+        };
+        let post = |ts: String, sig: String| {
+            client
+                .post(&callback)
+                .header("messagebird-request-timestamp", ts)
+                .header("messagebird-signature", sig)
+                .body(body.clone())
+                .send()
+        };
+        assert_eq!(
+            post(now.clone(), signed(&stale)).await.unwrap().status(),
+            403,
+            "signature over another timestamp"
+        );
+        assert_eq!(
+            post(stale.clone(), signed(&stale)).await.unwrap().status(),
+            403,
+            "replayed"
+        );
+        assert_eq!(post(now.clone(), signed(&now)).await.unwrap().status(), 200);
+
         let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
         loop {
             let conversations: Value = client
@@ -523,9 +592,8 @@ async fn three_sixty_dialog_and_twilio_webhooks_are_authenticated_and_processed(
                 .iter()
                 .map(|c| c["contact_wa_id"].as_str().unwrap_or("").to_string())
                 .collect();
-            if wa_ids.contains(&"16505551234".to_string())
-                && wa_ids.contains(&"14155550177".to_string())
-            {
+            let expected = ["16505551234", "14155550177", "918898000214", "351911111111"];
+            if expected.iter().all(|w| wa_ids.contains(&w.to_string())) {
                 break;
             }
             assert!(
