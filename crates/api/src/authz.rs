@@ -97,6 +97,7 @@ pub const ROUTE_PERMISSIONS: &[(&str, &str, Permission)] = &[
     ("PUT", "/api/v1/settings/consent", Permission::ManageSettings),
     ("GET", "/api/v1/conversations", Permission::ReadConversations),
     ("GET", "/api/v1/conversations/{id}/messages", Permission::ReadConversations),
+    ("GET", "/api/v1/media/{id}", Permission::ReadConversations),
     // Authenticated by the provider's signature or verify token, in the handler.
     ("GET", "/webhooks/meta/{channel_id}", Permission::Public),
     ("POST", "/webhooks/meta/{channel_id}", Permission::Public),

@@ -70,6 +70,8 @@ pub struct AppState {
     pub vault: Arc<Vault>,
     pub auth: AuthConfig,
     pub webhooks: WebhookConfig,
+    /// For calls to providers (Graph API, BSPs): bounded timeouts, no cookies.
+    pub http: reqwest::Client,
     pub metrics: ::metrics_exporter_prometheus::PrometheusHandle,
     /// Pokes this process's job worker when a request enqueues work.
     pub worker_wake: Option<Arc<Notify>>,
@@ -83,6 +85,11 @@ impl AppState {
             vault,
             auth,
             webhooks: WebhookConfig::default(),
+            http: reqwest::Client::builder()
+                .connect_timeout(Duration::from_secs(5))
+                .timeout(Duration::from_secs(60))
+                .build()
+                .unwrap_or_default(),
             metrics: install_recorder(),
             worker_wake: None,
             openapi: Arc::new(openapi()),

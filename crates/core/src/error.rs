@@ -30,6 +30,8 @@ pub enum ErrorCode {
     RateLimited,
     /// A dependency (usually the database) is unreachable or not ready.
     Unavailable,
+    /// A provider (Meta, a BSP) answered with an error or not at all.
+    UpstreamError,
     /// Configuration is invalid; only raised at start-up or by the CLI.
     InvalidConfig,
     /// Anything unexpected. Details are logged, never returned.
@@ -48,6 +50,7 @@ impl ErrorCode {
         Self::PayloadTooLarge,
         Self::RateLimited,
         Self::Unavailable,
+        Self::UpstreamError,
         Self::InvalidConfig,
         Self::Internal,
     ];
@@ -64,6 +67,7 @@ impl ErrorCode {
             Self::PayloadTooLarge => "payload_too_large",
             Self::RateLimited => "rate_limited",
             Self::Unavailable => "unavailable",
+            Self::UpstreamError => "upstream_error",
             Self::InvalidConfig => "invalid_config",
             Self::Internal => "internal",
         }
@@ -81,6 +85,7 @@ impl ErrorCode {
             Self::PayloadTooLarge => 413,
             Self::RateLimited => 429,
             Self::Unavailable => 503,
+            Self::UpstreamError => 502,
             Self::Internal => 500,
         }
     }
@@ -97,6 +102,7 @@ impl ErrorCode {
             Self::PayloadTooLarge => "Request body too large",
             Self::RateLimited => "Too many requests",
             Self::Unavailable => "Service unavailable",
+            Self::UpstreamError => "The provider failed",
             Self::InvalidConfig => "Invalid configuration",
             Self::Internal => "Internal error",
         }

@@ -4,6 +4,7 @@ mod auth;
 pub mod channels;
 mod contacts;
 mod conversations;
+mod media;
 mod operator;
 mod ops;
 mod settings;
@@ -163,6 +164,7 @@ pub fn router() -> (axum::Router<AppState>, utoipa::openapi::OpenApi) {
         ))
         .routes(routes!(webhooks::d360_event))
         .routes(routes!(webhooks::twilio_event))
+        .routes(routes!(media::get_media))
         .routes(routes!(webhooks::gupshup_event))
         .routes(routes!(webhooks::bird_event))
         .split_for_parts();

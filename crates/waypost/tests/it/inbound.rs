@@ -614,3 +614,88 @@ fn serde_urlencoded(params: &[(String, String)]) -> String {
     }
     serializer.finish()
 }
+
+/// A stand-in for Meta's Graph API media endpoints: the lookup answers a download URL, the
+/// download needs the same bearer token.
+async fn fake_graph() -> String {
+    use axum::{extract::Path, http::HeaderMap, routing::get};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let authorized = |headers: &HeaderMap| {
+        headers.get("authorization").and_then(|v| v.to_str().ok())
+            == Some("Bearer EAAG-media-token")
+    };
+    let lookup_base = base.clone();
+    let app = axum::Router::new()
+        .route(
+            "/v25.0/{id}",
+            get(move |Path(id): Path<String>, headers: HeaderMap| {
+                let base = lookup_base.clone();
+                async move {
+                    if !authorized(&headers) {
+                        return (axum::http::StatusCode::UNAUTHORIZED, String::new());
+                    }
+                    if id != "1003383421387256" {
+                        return (axum::http::StatusCode::NOT_FOUND, r#"{"error":{"code":100}}"#.to_string());
+                    }
+                    let body = json!({"messaging_product":"whatsapp","url": format!("{base}/download/{id}"),"mime_type":"image/jpeg","sha256":"x","file_size":9,"id": id});
+                    (axum::http::StatusCode::OK, body.to_string())
+                }
+            }),
+        )
+        .route(
+            "/download/{id}",
+            get(move |headers: HeaderMap| async move {
+                if authorized(&headers) { (axum::http::StatusCode::OK, "JPEGBYTES") } else { (axum::http::StatusCode::UNAUTHORIZED, "") }
+            }),
+        );
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    base
+}
+
+#[tokio::test]
+async fn media_streams_from_the_provider_with_the_channels_token() {
+    let graph = fake_graph().await;
+    let db = waypost_store::testkit::TestDb::sqlite();
+    let scratch = Scratch::new();
+    let mut server = Server::start(
+        &scratch.0,
+        &[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--database-url",
+            &db.url,
+        ],
+        &[],
+    );
+    let key = server.wait_for_stdout("  wp_").trim().to_string();
+    let client = reqwest::Client::new();
+    let channel: Value = client.post(server.url("/api/v1/channels")).bearer_auth(&key)
+        .json(&json!({"name": "Main", "phone_number_id": "106540352242922", "access_token": "EAAG-media-token", "app_secret": "s", "graph_api_base_url": graph}))
+        .send().await.unwrap().json().await.unwrap();
+    let id = channel["id"].as_str().unwrap();
+    let resp = client
+        .get(server.url(&format!("/api/v1/media/1003383421387256?channel_id={id}")))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["content-type"], "image/jpeg");
+    assert_eq!(resp.text().await.unwrap(), "JPEGBYTES");
+    let missing = client
+        .get(server.url(&format!("/api/v1/media/999?channel_id={id}")))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(missing.status(), 404);
+    let bad_id = client
+        .get(server.url(&format!("/api/v1/media/..%2Fetc?channel_id={id}")))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad_id.status(), 404);
+}
