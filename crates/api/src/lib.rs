@@ -7,6 +7,7 @@ mod auth;
 pub mod authz;
 mod metrics;
 mod problem;
+mod redact;
 mod routes;
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};

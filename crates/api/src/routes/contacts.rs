@@ -7,16 +7,8 @@ use crate::{
     ApiError, AppState,
     auth::{Actor, Auth},
     problem::{ApiJson, ApiPath, ApiQuery, Problem},
+    redact::mask,
 };
-
-fn mask(value: &str) -> String {
-    let chars: Vec<char> = value.chars().collect();
-    let keep = chars.len().min(4);
-    format!(
-        "•••{}",
-        chars[chars.len() - keep..].iter().collect::<String>()
-    )
-}
 
 fn redact(mut c: Contact) -> Contact {
     c.phone = c.phone.as_deref().map(mask);

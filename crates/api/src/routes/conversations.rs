@@ -6,17 +6,8 @@ use crate::{
     ApiError, AppState,
     auth::Auth,
     problem::{ApiPath, ApiQuery, Problem},
+    redact::mask,
 };
-
-/// Keeps the last four characters of an identifier.
-fn mask(value: &str) -> String {
-    let chars: Vec<char> = value.chars().collect();
-    let keep = chars.len().min(4);
-    format!(
-        "•••{}",
-        chars[chars.len() - keep..].iter().collect::<String>()
-    )
-}
 
 fn redact_conversation(mut c: Conversation) -> Conversation {
     c.contact_wa_id = c.contact_wa_id.as_deref().map(mask);

@@ -69,6 +69,16 @@ fn handshake(query: &HashMap<String, String>, expected: Option<&str>) -> Respons
     }
 }
 
+/// The URL the provider called, as it sees it (`http.public_base_url` + path + query): what
+/// Twilio and Bird sign.
+fn public_url(state: &AppState, uri: &axum::http::Uri) -> String {
+    let base = state.webhooks.public_base_url.trim_end_matches('/');
+    match uri.query() {
+        Some(query) => format!("{base}{}?{query}", uri.path()),
+        None => format!("{base}{}", uri.path()),
+    }
+}
+
 async fn route(state: &AppState, channel: ChannelId) -> Result<Option<ChannelRoute>, ApiError> {
     let mut tx = state.store.platform_read().await?;
     Ok(tx.route_channel(channel).await?)
@@ -268,11 +278,7 @@ pub async fn twilio_event(
     let Some(auth_token) = channel_secret(&state, route, "auth_token").await? else {
         return Ok(rejected("twilio", "unknown_channel_secret"));
     };
-    let base = state.webhooks.public_base_url.trim_end_matches('/');
-    let url = match uri.query() {
-        Some(query) => format!("{base}{}?{query}", uri.path()),
-        None => format!("{base}{}", uri.path()),
-    };
+    let url = public_url(&state, &uri);
     let params = waypost_providers::twilio::form_pairs(&body);
     let header = headers
         .get("x-twilio-signature")
@@ -334,11 +340,7 @@ pub async fn bird_event(
     let Some(key) = channel_secret(&state, route, "signing_key").await? else {
         return Ok(rejected("bird", "unknown_channel_secret"));
     };
-    let base = state.webhooks.public_base_url.trim_end_matches('/');
-    let url = match uri.query() {
-        Some(query) => format!("{base}{}?{query}", uri.path()),
-        None => format!("{base}{}", uri.path()),
-    };
+    let url = public_url(&state, &uri);
     let timestamp = headers
         .get("messagebird-request-timestamp")
         .and_then(|v| v.to_str().ok());
