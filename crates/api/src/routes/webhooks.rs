@@ -84,6 +84,23 @@ async fn route(state: &AppState, channel: ChannelId) -> Result<Option<ChannelRou
     Ok(tx.route_channel(channel).await?)
 }
 
+/// The channel a webhook is for and the secret that authenticates it, or the answer that
+/// refuses the webhook.
+async fn channel_and_secret(
+    state: &AppState,
+    provider: &'static str,
+    channel: ChannelId,
+    secret: &str,
+) -> Result<Result<(ChannelRoute, String), Response>, ApiError> {
+    let Some(route) = route(state, channel).await? else {
+        return Ok(Err(rejected(provider, "not_found")));
+    };
+    Ok(match channel_secret(state, route, secret).await? {
+        Some(value) => Ok((route, value)),
+        None => Err(rejected(provider, "unknown_channel_secret")),
+    })
+}
+
 async fn channel_secret(
     state: &AppState,
     route: ChannelRoute,
@@ -143,11 +160,9 @@ pub async fn meta_channel_event(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let Some(route) = route(&state, channel).await? else {
-        return Ok(rejected("meta", "not_found"));
-    };
-    let Some(secret) = channel_secret(&state, route, "app_secret").await? else {
-        return Ok(rejected("meta", "unknown_channel_secret"));
+    let (route, secret) = match channel_and_secret(&state, "meta", channel, "app_secret").await? {
+        Ok(found) => found,
+        Err(refused) => return Ok(refused),
     };
     let header = headers
         .get("x-hub-signature-256")
@@ -239,12 +254,11 @@ pub async fn d360_event(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let Some(route) = route(&state, channel).await? else {
-        return Ok(rejected("360dialog", "not_found"));
-    };
-    let Some(expected) = channel_secret(&state, route, "webhook_token").await? else {
-        return Ok(rejected("360dialog", "unknown_channel_secret"));
-    };
+    let (route, expected) =
+        match channel_and_secret(&state, "360dialog", channel, "webhook_token").await? {
+            Ok(found) => found,
+            Err(refused) => return Ok(refused),
+        };
     match headers
         .get(crate::routes::channels::D360_TOKEN_HEADER)
         .and_then(|v| v.to_str().ok())
@@ -272,12 +286,11 @@ pub async fn twilio_event(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let Some(route) = route(&state, channel).await? else {
-        return Ok(rejected("twilio", "not_found"));
-    };
-    let Some(auth_token) = channel_secret(&state, route, "auth_token").await? else {
-        return Ok(rejected("twilio", "unknown_channel_secret"));
-    };
+    let (route, auth_token) =
+        match channel_and_secret(&state, "twilio", channel, "auth_token").await? {
+            Ok(found) => found,
+            Err(refused) => return Ok(refused),
+        };
     let url = public_url(&state, &uri);
     let params = waypost_providers::twilio::form_pairs(&body);
     let header = headers
@@ -305,12 +318,11 @@ pub async fn gupshup_event(
     ApiPath((channel, presented)): ApiPath<(ChannelId, String)>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let Some(route) = route(&state, channel).await? else {
-        return Ok(rejected("gupshup", "not_found"));
-    };
-    let Some(expected) = channel_secret(&state, route, "path_secret").await? else {
-        return Ok(rejected("gupshup", "unknown_channel_secret"));
-    };
+    let (route, expected) =
+        match channel_and_secret(&state, "gupshup", channel, "path_secret").await? {
+            Ok(found) => found,
+            Err(refused) => return Ok(refused),
+        };
     if !signature::secrets_match(&expected, &presented) {
         return Ok(rejected("gupshup", "bad_signature"));
     }
@@ -334,11 +346,9 @@ pub async fn bird_event(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let Some(route) = route(&state, channel).await? else {
-        return Ok(rejected("bird", "not_found"));
-    };
-    let Some(key) = channel_secret(&state, route, "signing_key").await? else {
-        return Ok(rejected("bird", "unknown_channel_secret"));
+    let (route, key) = match channel_and_secret(&state, "bird", channel, "signing_key").await? {
+        Ok(found) => found,
+        Err(refused) => return Ok(refused),
     };
     let url = public_url(&state, &uri);
     let timestamp = headers
