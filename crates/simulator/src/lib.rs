@@ -1,15 +1,15 @@
 //! A stand-in for the slice of Meta's WhatsApp Cloud API that Waypost uses, for newcomers
-//! without Meta credentials and for tests of pacing and delivery:
+//! without Meta credentials and for tests of pacing and delivery. Point a channel's
+//! `graph_api_base_url` at `http://HOST/simulator/graph`.
 //!
 //! - `POST /simulator/inbound` injects a message "from a customer": it is wrapped in Meta's
 //!   webhook envelope, signed with the app secret and delivered to the webhook URL.
-//! Point a channel's `graph_api_base_url` at `http://HOST/simulator/graph`.
-//!
-//! - `POST /simulator/graph/{version}/{phone_number_id}/messages` accepts sends like the Cloud API, enforcing the
-//!   number's throughput (130429), the pair rate to one recipient (131056) and the 24-hour
-//!   window (131047), and then delivers signed `sent`, `delivered` and `read` statuses (or
-//!   `failed`, at a configurable rate) echoing `biz_opaque_callback_data`.
-//! - `GET /simulator/graph/{version}/{media_id}` and `/simulator/media/{id}` serve media like the Graph API.
+//! - `POST /simulator/graph/{version}/{phone_number_id}/messages` accepts sends like the Cloud
+//!   API, enforcing the number's throughput (130429), the pair rate to one recipient (131056)
+//!   and the 24-hour window (131047), then delivers signed `sent`, `delivered` and `read`
+//!   statuses (or `failed`, at a configurable rate) echoing `biz_opaque_callback_data`.
+//! - `GET /simulator/graph/{version}/{media_id}` and `/simulator/media/{id}` serve media like
+//!   the Graph API.
 //! - `GET /simulator/stats` counts what was sent, for checking that nothing was sent twice.
 
 use std::{
