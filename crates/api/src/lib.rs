@@ -27,6 +27,7 @@ use waypost_vault::Vault;
 pub use auth::{ApiKeySecret, Auth, CSRF_HEADER, SESSION_COOKIE, random_bytes};
 pub use metrics::install_recorder;
 pub use problem::ApiError;
+pub use routes::channels::secret_purpose as channel_secret_purpose;
 
 /// Sign-in and session policy.
 #[derive(Debug, Clone)]
@@ -125,6 +126,21 @@ pub fn router(state: AppState) -> Router {
     .layer(TraceLayer::new_for_http())
     .layer(PropagateRequestIdLayer::new(request_id.clone()))
     .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
+}
+
+/// Serves `app` (the API router, possibly with more merged in) until `shutdown` fires, then
+/// stops accepting and finishes in-flight requests.
+pub async fn serve_app(
+    listener: TcpListener,
+    app: Router,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move { shutdown.cancelled().await })
+    .await
 }
 
 /// Serves until `shutdown` fires, then stops accepting and finishes in-flight requests.

@@ -10,6 +10,8 @@
 //!   statuses (or `failed`, at a configurable rate) echoing `biz_opaque_callback_data`.
 //! - `GET /simulator/graph/{version}/{media_id}` and `/simulator/media/{id}` serve media like
 //!   the Graph API.
+//! - `GET /simulator/graph/{version}/{waba_id}/message_templates` lists a few approved
+//!   templates, in pages like the Graph API.
 //! - `GET /simulator/stats` counts what was sent, for checking that nothing was sent twice.
 
 use std::{
@@ -132,6 +134,9 @@ pub struct Inject {
     pub referral: Option<Value>,
     /// For reactions and replies: the message they refer to.
     pub message_id: Option<String>,
+    /// The type's object exactly as Meta sends it (e.g. a `video`, `contacts`, `order` or
+    /// `system` object); overrides the built-in example, so every message type can be sent.
+    pub object: Option<Value>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -177,6 +182,10 @@ impl Simulator {
                 post(send_handler),
             )
             .route("/simulator/graph/{version}/{id}", get(media_info))
+            .route(
+                "/simulator/graph/{version}/{id}/message_templates",
+                get(templates),
+            )
             .with_state(self.clone())
     }
 
@@ -266,7 +275,7 @@ impl Simulator {
         } else {
             kind.clone()
         };
-        body[key.as_str()] = object;
+        body[key.as_str()] = message.object.clone().unwrap_or(object);
         if let Some(from) = &message.from {
             body["from"] = json!(from);
         }
@@ -452,4 +461,31 @@ async fn media_bytes() -> impl IntoResponse {
         [(axum::http::header::CONTENT_TYPE, "image/png")],
         &b"\x89PNG\r\n\x1a\n"[..],
     )
+}
+
+/// Two pages of templates, linked by `paging.next` like the Graph API.
+async fn templates(
+    headers: axum::http::HeaderMap,
+    Path((version, waba)): Path<(String, String)>,
+    axum::extract::RawQuery(query): axum::extract::RawQuery,
+) -> Response {
+    if headers.get("authorization").is_none() {
+        return graph_error(190, "Invalid OAuth access token");
+    }
+    let host = headers
+        .get("host")
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("127.0.0.1");
+    let template = |name: &str, category: &str, body: &str| {
+        json!({"name": name, "status": "APPROVED", "category": category, "language": "en_US", "parameter_format": "POSITIONAL",
+            "id": format!("sim-{name}"), "components": [{"type": "BODY", "text": body}]})
+    };
+    if query.as_deref().is_some_and(|q| q.contains("after=page2")) {
+        return Json(json!({"data": [template("order_update", "UTILITY", "Your order {{1}} is {{2}}.")], "paging": {"cursors": {"before": "page2"}}})).into_response();
+    }
+    Json(json!({
+        "data": [template("hello_world", "UTILITY", "Hello from the simulator!"), template("seasonal_offer", "MARKETING", "Hi {{1}}, {{2}} off this week.")],
+        "paging": {"cursors": {"after": "page2"}, "next": format!("http://{host}/simulator/graph/{version}/{waba}/message_templates?after=page2")}
+    }))
+    .into_response()
 }

@@ -81,6 +81,34 @@ impl Tx<Platform> {
         Ok(rows.into_iter().map(Tenant::from).collect())
     }
 
+    /// A platform setting (`platform_meta`), if set.
+    pub async fn platform_value(&mut self, key: &str) -> Result<Option<String>> {
+        on_conn!(&mut self.conn, |c| {
+            sqlx::query_scalar::<_, String>("SELECT value FROM platform_meta WHERE key = $1")
+                .bind(key)
+                .fetch_optional(c)
+                .await
+        })
+        .map_err(db_error)
+    }
+
+    pub async fn set_platform_value(&mut self, key: &str, value: &str) -> Result<()> {
+        on_conn!(&mut self.conn, |c| {
+            sqlx::query(
+                "INSERT INTO platform_meta (key, value, updated_at) VALUES ($1, $2, $3) \
+                 ON CONFLICT (key) DO UPDATE SET value = $2, updated_at = $3",
+            )
+            .bind(key)
+            .bind(value)
+            .bind(Timestamp::now().as_millis())
+            .execute(c)
+            .await
+            .map(|r| r.rows_affected())
+        })
+        .map_err(db_error)?;
+        Ok(())
+    }
+
     /// Records that first-run set-up happened. Exactly one caller, across every process
     /// sharing the database, ever gets `true`.
     pub async fn claim_first_run(&mut self) -> Result<bool> {

@@ -66,6 +66,65 @@ pub enum Command {
     /// Manage the encryption keys for secrets at rest.
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// Run the WhatsApp Cloud API simulator, or inject a customer message into one.
+    Simulator(Box<SimulatorArgs>),
+}
+
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct SimulatorArgs {
+    #[command(subcommand)]
+    pub action: Option<SimulatorAction>,
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:9090")]
+    pub listen: String,
+    /// Where signed webhooks go: a channel's callback URL.
+    #[arg(long)]
+    pub webhook_url: Option<String>,
+    /// The app secret webhooks are signed with (the channel's `app_secret`).
+    #[arg(long)]
+    pub app_secret: Option<String>,
+    #[arg(long, default_value = "100000000000001")]
+    pub phone_number_id: String,
+    #[arg(long, default_value_t = 80)]
+    pub throughput_mps: u32,
+    /// Share of accepted sends that fail later (0.0 to 1.0).
+    #[arg(long, default_value_t = 0.0)]
+    pub failure_rate: f64,
+    /// The error code of those failures.
+    #[arg(long, default_value_t = 131_026)]
+    pub failure_code: i64,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SimulatorAction {
+    /// Send a customer message through a running simulator (standalone, or the demo inside
+    /// `waypost serve`).
+    Inject {
+        /// The simulator's base URL, e.g. http://127.0.0.1:8080 for the built-in demo.
+        #[arg(long, default_value = "http://127.0.0.1:8080")]
+        url: String,
+        /// The customer's number, digits with country code.
+        #[arg(long)]
+        from: Option<String>,
+        /// A business-scoped user id, for customers without a phone number.
+        #[arg(long)]
+        bsuid: Option<String>,
+        #[arg(long)]
+        name: Option<String>,
+        /// A Meta message type: text, image, location, button_reply, reaction, or any other with
+        /// --object.
+        #[arg(long = "type", default_value = "text")]
+        kind: String,
+        #[arg(long)]
+        text: Option<String>,
+        /// The type's object as Meta sends it, as JSON (any message type: video, contacts,
+        /// order, system, edit, ...).
+        #[arg(long)]
+        object: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]

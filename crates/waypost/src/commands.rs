@@ -10,7 +10,7 @@ use waypost_vault::{MasterKey, Vault};
 use crate::{
     cli::{
         ApiKeyCommand, AuditCommand, Cli, Command, GlobalArgs, JobsCommand, KeysCommand, ServeArgs,
-        TenantCommand, UserCommand,
+        SimulatorAction, SimulatorArgs, TenantCommand, UserCommand,
     },
     config::Config,
     serve,
@@ -86,6 +86,7 @@ pub async fn run(cli: Cli) -> Result<()> {
             store.close().await;
             result
         }
+        Command::Simulator(args) => simulator(*args).await,
         // Needs no database: it only makes a key.
         Command::Keys(KeysCommand::GenerateMaster) => print_new_master_key(),
         Command::Keys(cmd) => {
@@ -576,4 +577,118 @@ async fn keys(master: MasterKey, store: &Store, cmd: KeysCommand) -> Result<()> 
         }
     }
     Ok(())
+}
+
+async fn simulator(args: SimulatorArgs) -> Result<()> {
+    match args.action {
+        Some(SimulatorAction::Inject {
+            url,
+            from,
+            bsuid,
+            name,
+            kind,
+            text,
+            object,
+            json,
+        }) => {
+            if from.is_none() && bsuid.is_none() {
+                return Err(Error::validation(
+                    "give --from (digits with country code) or --bsuid",
+                ));
+            }
+            let object = object
+                .map(|raw| serde_json::from_str::<serde_json::Value>(&raw))
+                .transpose()
+                .map_err(|e| Error::validation(format!("--object is not JSON: {e}")))?;
+            let message = waypost_simulator::Inject {
+                from,
+                bsuid,
+                name,
+                kind: Some(kind),
+                text,
+                referral: None,
+                message_id: None,
+                object,
+            };
+            let endpoint = format!("{}/simulator/inbound", url.trim_end_matches('/'));
+            let resp = reqwest::Client::new()
+                .post(&endpoint)
+                .json(&message)
+                .send()
+                .await
+                .map_err(|e| {
+                    Error::new(
+                        ErrorCode::Unavailable,
+                        format!("cannot reach the simulator at {endpoint}: {e}"),
+                    )
+                })?;
+            if !resp.status().is_success() {
+                return Err(Error::new(
+                    ErrorCode::Unavailable,
+                    format!("the simulator at {endpoint} answered {}", resp.status()),
+                ));
+            }
+            let injected: waypost_simulator::Injected = resp
+                .json()
+                .await
+                .map_err(|e| Error::internal("reading the simulator's answer", e))?;
+            print(
+                json,
+                json!({"wamid": injected.wamid, "webhook_status": injected.webhook_status}),
+                || {
+                    format!(
+                        "sent {} (the webhook receiver answered {})",
+                        injected.wamid, injected.webhook_status
+                    )
+                },
+            );
+            Ok(())
+        }
+        None => {
+            let (Some(webhook_url), Some(app_secret)) = (args.webhook_url, args.app_secret) else {
+                return Err(Error::new(
+                    ErrorCode::InvalidConfig,
+                    "the simulator needs --webhook-url and --app-secret",
+                ));
+            };
+            if !(0.0..=1.0).contains(&args.failure_rate) {
+                return Err(Error::validation("--failure-rate must be between 0 and 1"));
+            }
+            let addr: std::net::SocketAddr = args.listen.parse().map_err(|_| {
+                Error::new(
+                    ErrorCode::InvalidConfig,
+                    format!("--listen must be ADDRESS:PORT, not {:?}", args.listen),
+                )
+            })?;
+            let sim = waypost_simulator::Simulator::new(waypost_simulator::SimulatorConfig {
+                webhook_url,
+                app_secret,
+                phone_number_id: args.phone_number_id,
+                throughput_mps: args.throughput_mps,
+                failure_rate: args.failure_rate,
+                failure_code: args.failure_code,
+                ..waypost_simulator::SimulatorConfig::default()
+            });
+            let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+                Error::new(
+                    ErrorCode::InvalidConfig,
+                    format!("cannot listen on {addr}: {e}"),
+                )
+            })?;
+            let bound = listener
+                .local_addr()
+                .map_err(|e| Error::internal("reading the bound address", e))?;
+            println!("WhatsApp Cloud API simulator (simulated, not Meta) on http://{bound}");
+            println!("  Graph API base URL for a channel: http://{bound}/simulator/graph");
+            println!(
+                "  inject a customer message: waypost simulator inject --url http://{bound} --from 14155550100 --text hi"
+            );
+            axum::serve(listener, sim.router())
+                .with_graceful_shutdown(async {
+                    let _ = tokio::signal::ctrl_c().await;
+                })
+                .await
+                .map_err(|e| Error::internal("serving the simulator", e))
+        }
+    }
 }

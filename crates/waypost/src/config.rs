@@ -24,6 +24,21 @@ pub struct Config {
     pub auth: AuthSection,
     pub audit: AuditConfig,
     pub meta: MetaConfig,
+    pub demo: DemoConfig,
+}
+
+/// The built-in demo: with the embedded database, the first run connects a simulated WhatsApp
+/// number to the Default tenant and has a simulated customer write to it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DemoConfig {
+    pub enabled: bool,
+}
+
+impl Default for DemoConfig {
+    fn default() -> Self {
+        Self { enabled: true }
+    }
 }
 
 /// The platform's own Meta app, for `/webhooks/meta` (one app serving many tenants).
@@ -145,6 +160,7 @@ impl Default for Config {
             auth: AuthSection::default(),
             audit: AuditConfig::default(),
             meta: MetaConfig::default(),
+            demo: DemoConfig::default(),
         }
     }
 }

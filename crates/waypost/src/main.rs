@@ -3,6 +3,7 @@
 mod cli;
 mod commands;
 mod config;
+mod demo;
 mod serve;
 
 use std::process::ExitCode;

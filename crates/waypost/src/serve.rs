@@ -36,7 +36,7 @@ pub async fn run(config: Config) -> Result<()> {
     let master = master_key(&config)?;
     let store = open_store(&config).await?;
     let vault = open_vault(&store, master).await?;
-    bootstrap(&store).await?;
+    let new_tenant = bootstrap(&store).await?;
 
     let shutdown = CancellationToken::new();
     tokio::spawn(wait_for_signal(shutdown.clone()));
@@ -88,13 +88,39 @@ pub async fn run(config: Config) -> Result<()> {
         let mut state = AppState::new(store.clone(), vault.clone(), config.auth());
         state.webhooks = config.webhooks(addr);
         state.worker_wake = worker_wake;
+        let mut app = waypost_api::router(state);
+        // The demo only ever runs on the embedded database, never in production.
+        let demo = if config.demo.enabled && config.database.url.trim().is_empty() {
+            crate::demo::prepare(&store, &vault, new_tenant, addr).await?
+        } else {
+            None
+        };
         println!(
             "Waypost listening on http://{addr} (database: {})",
             store.url()
         );
+        if let Some(demo) = demo {
+            app = app.merge(demo.simulator.router());
+            println!(
+                "Demo: a SIMULATED WhatsApp number (+1 555 000 0001) is connected to tenant \"Default\", \
+                 served by the built-in Cloud API simulator at http://{addr}/simulator."
+            );
+            println!(
+                "  Conversations: curl -H \"Authorization: Bearer <key>\" http://{addr}/api/v1/conversations"
+            );
+            println!(
+                "  Write as another customer: waypost simulator inject --url http://{addr} --from 15550100002 --text hello"
+            );
+            if demo.created {
+                tasks.spawn(async move {
+                    crate::demo::greet(demo.simulator).await;
+                    Ok(())
+                });
+            }
+        }
         let token = shutdown.clone();
         tasks.spawn(async move {
-            waypost_api::serve(listener, state, token)
+            waypost_api::serve_app(listener, app, token)
                 .await
                 .map_err(|e| Error::internal("serving HTTP", e))
         });
@@ -126,14 +152,17 @@ pub async fn run(config: Config) -> Result<()> {
 
 /// On the very first start against an empty database, creates a tenant and an owner API key
 /// and prints the key once. Exactly one process ever does this, however many start together.
-async fn bootstrap(store: &Store) -> Result<()> {
+/// Returns the tenant when it created one.
+async fn bootstrap(store: &Store) -> Result<Option<waypost_core::TenantId>> {
     let mut tx = store.platform().await?;
     if !tx.claim_first_run().await? {
-        return tx.rollback().await;
+        tx.rollback().await?;
+        return Ok(None);
     }
     if !tx.list_tenants().await?.is_empty() {
         // Tenants were created by the CLI before the first serve: nothing to bootstrap.
-        return tx.commit().await;
+        tx.commit().await?;
+        return Ok(None);
     }
     let tenant = tx.create_tenant("Default").await?;
     tx.audit(system_event("tenant.create", "tenant", tenant.id))
@@ -158,7 +187,7 @@ async fn bootstrap(store: &Store) -> Result<()> {
     );
     println!("  {}", secret.token);
     println!("It is shown only this once; keep it somewhere safe.");
-    Ok(())
+    Ok(Some(tenant.id))
 }
 
 async fn wait_for_signal(shutdown: CancellationToken) {

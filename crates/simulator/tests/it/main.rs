@@ -256,4 +256,58 @@ async fn failures_come_back_as_failed_statuses_and_media_is_served() {
         .await
         .unwrap();
     assert_eq!(stats["accepted"], 1);
+
+    let first: Value = client
+        .get(format!(
+            "{base}/simulator/graph/v25.0/200000000000001/message_templates"
+        ))
+        .bearer_auth("t")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(first["data"].as_array().unwrap().len(), 2);
+    let next = first["paging"]["next"].as_str().unwrap();
+    let second: Value = client
+        .get(next)
+        .bearer_auth("t")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(second["data"][0]["name"], "order_update");
+    assert!(second["paging"]["next"].is_null());
+}
+
+#[tokio::test]
+async fn any_message_type_can_be_injected_with_its_meta_object() {
+    let (url, received) = receiver("sim-secret").await;
+    let (_base, sim) = start(config(url)).await;
+    let object = json!({"original_message_id": "wamid.X", "message": {"type": "text", "text": {"body": "edited"}}});
+    sim.inject(Inject {
+        from: Some("1555".into()),
+        kind: Some("edit".into()),
+        object: Some(object),
+        ..Inject::default()
+    })
+    .await;
+    let order = json!({"catalog_id": "c", "product_items": [{"product_retailer_id": "sku", "quantity": 1, "item_price": 2.5, "currency": "EUR"}]});
+    sim.inject(Inject {
+        from: Some("1555".into()),
+        kind: Some("order".into()),
+        object: Some(order),
+        ..Inject::default()
+    })
+    .await;
+    let events = received.lock().unwrap().clone();
+    assert!(
+        matches!(&events[0], InboundEvent::Message(m) if matches!(&m.content, MessageContent::Edit { original_message_id, .. } if original_message_id == "wamid.X"))
+    );
+    assert!(
+        matches!(&events[1], InboundEvent::Message(m) if matches!(&m.content, MessageContent::Order { items, .. } if items.len() == 1))
+    );
 }

@@ -699,3 +699,190 @@ async fn media_streams_from_the_provider_with_the_channels_token() {
         .unwrap();
     assert_eq!(bad_id.status(), 404);
 }
+
+async fn conversation_wa_ids(client: &reqwest::Client, server: &Server, key: &str) -> Vec<String> {
+    let conversations: Value = client
+        .get(server.url("/api/v1/conversations"))
+        .bearer_auth(key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    conversations["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["contact_wa_id"].as_str().unwrap_or("").to_string())
+        .collect()
+}
+
+async fn eventually_wa_ids(
+    client: &reqwest::Client,
+    server: &Server,
+    key: &str,
+    expected: &[&str],
+) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let ids = conversation_wa_ids(client, server, key).await;
+        if expected.iter().all(|e| ids.contains(&e.to_string())) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "expected {expected:?}, have {ids:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// README command 1: the embedded default shows simulated messages without Meta.
+#[tokio::test]
+async fn the_first_run_demo_shows_simulated_customers_writing_in() {
+    let scratch = Scratch::new();
+    let mut server = Server::start(&scratch.0, &["--listen", "127.0.0.1:0"], &[]);
+    let key = server.wait_for_stdout("  wp_").trim().to_string();
+    assert!(
+        server
+            .stdout()
+            .iter()
+            .any(|l| l.contains("SIMULATED WhatsApp number"))
+    );
+    let client = reqwest::Client::new();
+    eventually_wa_ids(&client, &server, &key, &["15550100001"]).await;
+    let channels: Value = client
+        .get(server.url("/api/v1/channels"))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(channels["data"][0]["name"], "Demo number (simulated)");
+
+    let base = server.base.clone().unwrap();
+    let out = crate::process::run(
+        &scratch.0,
+        &[
+            "simulator",
+            "inject",
+            "--url",
+            &base,
+            "--from",
+            "15550100002",
+            "--text",
+            "hello",
+            "--json",
+        ],
+        &[],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let injected: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(injected["webhook_status"], 200);
+    eventually_wa_ids(&client, &server, &key, &["15550100001", "15550100002"]).await;
+    assert!(server.terminate().0.success());
+
+    // A restart keeps the demo without greeting again.
+    let again = Server::start(&scratch.0, &["--listen", "127.0.0.1:0"], &[]);
+    assert!(again.stdout().iter().any(|l| l.contains("SIMULATED")));
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(conversation_wa_ids(&client, &again, &key).await.len(), 2);
+}
+
+#[tokio::test]
+async fn a_standalone_simulator_feeds_a_channel() {
+    let db = waypost_store::testkit::TestDb::sqlite();
+    let scratch = Scratch::new();
+    let mut server = Server::start(
+        &scratch.0,
+        &[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--database-url",
+            &db.url,
+        ],
+        &[("WAYPOST_JOBS__POLL_INTERVAL_MS", "50")],
+    );
+    let key = server.wait_for_stdout("  wp_").trim().to_string();
+    let client = reqwest::Client::new();
+    let channel: Value = client.post(server.url("/api/v1/channels")).bearer_auth(&key)
+        .json(&json!({"name": "Sim", "phone_number_id": "100000000000001", "access_token": "t", "app_secret": APP_SECRET}))
+        .send().await.unwrap().json().await.unwrap();
+    let callback = channel["webhook"]["callback_url"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let simulator = Server::start_until(
+        &scratch.0,
+        &[
+            "simulator",
+            "--listen",
+            "127.0.0.1:0",
+            "--webhook-url",
+            &callback,
+            "--app-secret",
+            APP_SECRET,
+        ],
+        &[],
+        "simulator (simulated",
+    );
+    let out = crate::process::run(
+        &scratch.0,
+        &[
+            "simulator",
+            "inject",
+            "--url",
+            simulator.base.as_deref().unwrap(),
+            "--bsuid",
+            "US.4242",
+            "--type",
+            "location",
+        ],
+        &[],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let conversations: Value = client
+            .get(server.url("/api/v1/conversations"))
+            .bearer_auth(&key)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if conversations["data"][0]["contact_bsuid"] == "US.4242" {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{conversations}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let out = crate::process::run(&scratch.0, &["simulator", "--listen", "127.0.0.1:0"], &[]);
+    crate::process::assert_one_line_error(&out, "--webhook-url");
+    let out = crate::process::run(
+        &scratch.0,
+        &[
+            "simulator",
+            "inject",
+            "--url",
+            "http://127.0.0.1:1",
+            "--from",
+            "1",
+        ],
+        &[],
+    );
+    crate::process::assert_one_line_error(&out, "cannot reach the simulator");
+}

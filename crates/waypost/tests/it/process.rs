@@ -78,6 +78,11 @@ pub struct Server {
 
 impl Server {
     pub fn start(cwd: &Path, args: &[&str], env: &[(&str, &str)]) -> Server {
+        Self::start_until(cwd, args, env, "Waypost ")
+    }
+
+    /// Starts a process and waits for a stdout line containing `ready` (and an http:// URL).
+    pub fn start_until(cwd: &Path, args: &[&str], env: &[(&str, &str)], ready: &str) -> Server {
         let mut child = command(cwd, args, env)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -102,7 +107,7 @@ impl Server {
             stderr,
             base: None,
         };
-        let line = server.wait_for_stdout("Waypost ");
+        let line = server.wait_for_stdout(ready);
         server.base = line
             .split_whitespace()
             .find(|w| w.starts_with("http://"))
