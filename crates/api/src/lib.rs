@@ -5,6 +5,7 @@
 
 mod auth;
 pub mod authz;
+mod inbox;
 mod metrics;
 mod problem;
 mod redact;
@@ -74,6 +75,9 @@ pub struct AppState {
     pub webhooks: WebhookConfig,
     /// For calls to providers (Graph API, BSPs): bounded timeouts, no cookies.
     pub http: reqwest::Client,
+    /// Group commit for inbound webhooks.
+    inbox: inbox::InboxWriter,
+    channel_secrets: inbox::ChannelSecrets,
     pub metrics: ::metrics_exporter_prometheus::PrometheusHandle,
     /// Pokes this process's job worker when a request enqueues work.
     pub worker_wake: Option<Arc<Notify>>,
@@ -83,10 +87,12 @@ pub struct AppState {
 impl AppState {
     pub fn new(store: Store, vault: Arc<Vault>, auth: AuthConfig) -> Self {
         Self {
-            store,
+            store: store.clone(),
             vault,
             auth,
             webhooks: WebhookConfig::default(),
+            inbox: inbox::InboxWriter::start(store.clone()),
+            channel_secrets: inbox::ChannelSecrets::default(),
             http: reqwest::Client::builder()
                 .connect_timeout(Duration::from_secs(5))
                 .timeout(Duration::from_secs(60))

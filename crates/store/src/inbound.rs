@@ -433,6 +433,18 @@ impl Tx<Tenant> {
         })
     }
 
+    /// How many raw bodies the tenant's inbox holds.
+    pub async fn count_inbox(&mut self) -> Result<i64> {
+        let tenant = self.tenant();
+        on_conn!(&mut self.conn, |c| {
+            sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM webhook_inbox WHERE tenant_id = $1")
+                .bind(tenant.as_uuid())
+                .fetch_one(c)
+                .await
+        })
+        .map_err(db_error)
+    }
+
     /// Deletes processed raw bodies received before `before`; unprocessed ones stay.
     pub async fn prune_inbox(&mut self, before: Timestamp) -> Result<u64> {
         let tenant = self.tenant();

@@ -90,13 +90,21 @@ async fn channel_and_secret(
     state: &AppState,
     provider: &'static str,
     channel: ChannelId,
-    secret: &str,
+    secret: &'static str,
 ) -> Result<Result<(ChannelRoute, String), Response>, ApiError> {
+    if let Some(found) = state.channel_secrets.get(channel, secret) {
+        return Ok(Ok(found));
+    }
     let Some(route) = route(state, channel).await? else {
         return Ok(Err(rejected(provider, "not_found")));
     };
     Ok(match channel_secret(state, route, secret).await? {
-        Some(value) => Ok((route, value)),
+        Some(value) => {
+            state
+                .channel_secrets
+                .put(channel, secret, route, value.clone());
+            Ok((route, value))
+        }
         None => Err(rejected(provider, "unknown_channel_secret")),
     })
 }
@@ -114,19 +122,16 @@ async fn channel_secret(
         .map(|s| s.as_str().to_string()))
 }
 
-/// Commits the body and its processing job; only then may the provider get its 200.
+/// Commits the body and its processing job (grouped with other webhooks into one commit);
+/// only then may the provider get its 200.
 async fn store(
     state: &AppState,
     route: ChannelRoute,
-    provider: &str,
-    body: &[u8],
+    provider: &'static str,
+    body: Bytes,
 ) -> Result<(), ApiError> {
-    let mut tx = state.store.tenant(route.tenant).await?;
-    let inbox = tx.store_webhook(route.channel, provider, body).await?;
-    tx.enqueue(waypost_inbound::process_job(inbox)?).await?;
-    tx.commit().await?;
-    metrics::counter!("waypost_webhooks_stored_total", "provider" => provider.to_string())
-        .increment(1);
+    state.inbox.store(route, provider, body).await?;
+    metrics::counter!("waypost_webhooks_stored_total", "provider" => provider).increment(1);
     if let Some(wake) = &state.worker_wake {
         wake.notify_one();
     }
@@ -170,7 +175,7 @@ pub async fn meta_channel_event(
     if let Err(err) = signature::verify_meta(secret.as_bytes(), &body, header) {
         return Ok(rejected("meta", signature_reason(err)));
     }
-    store(&state, route, "meta", &body).await?;
+    store(&state, route, "meta", body).await?;
     Ok(StatusCode::OK.into_response())
 }
 
@@ -232,7 +237,7 @@ pub async fn meta_platform_event(
     }
     // Each channel gets the whole body and processes its own changes.
     for route in routes.values() {
-        store(&state, *route, "meta", &body).await?;
+        store(&state, *route, "meta", body.clone()).await?;
     }
     if unrouted {
         let mut tx = state.store.platform().await?;
@@ -269,7 +274,7 @@ pub async fn d360_event(
         }
         Some(_) => {}
     }
-    store(&state, route, "360dialog", &body).await?;
+    store(&state, route, "360dialog", body).await?;
     Ok(StatusCode::OK.into_response())
 }
 
@@ -299,7 +304,7 @@ pub async fn twilio_event(
     if let Err(err) = signature::verify_twilio(auth_token.as_bytes(), &url, &params, header) {
         return Ok(rejected("twilio", signature_reason(err)));
     }
-    store(&state, route, "twilio", &body).await?;
+    store(&state, route, "twilio", body).await?;
     Ok((
         [(axum::http::header::CONTENT_TYPE, "text/xml")],
         "<Response/>",
@@ -326,7 +331,7 @@ pub async fn gupshup_event(
     if !signature::secrets_match(&expected, &presented) {
         return Ok(rejected("gupshup", "bad_signature"));
     }
-    store(&state, route, "gupshup", &body).await?;
+    store(&state, route, "gupshup", body).await?;
     Ok(StatusCode::OK.into_response())
 }
 
@@ -367,6 +372,6 @@ pub async fn bird_event(
     {
         return Ok(rejected("bird", "stale_timestamp"));
     }
-    store(&state, route, "bird", &body).await?;
+    store(&state, route, "bird", body).await?;
     Ok(StatusCode::OK.into_response())
 }

@@ -1,0 +1,196 @@
+//! Signed Meta webhooks durably acknowledged per second, with latency percentiles, at 64
+//! concurrent connections, on SQLite and (with `WAYPOST_TEST_DATABASE_URL`) PostgreSQL. In the
+//! same run, a bare handler that only verifies the signature is the baseline. After each run
+//! every acknowledged webhook is counted in the inbox: none may be missing.
+//!
+//! `cargo bench -p waypost-api --bench webhooks` (see BENCHMARKS.md). Tunables:
+//! `BENCH_SECONDS` (default 10), `BENCH_CONCURRENCY` (default 64).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use axum::{body::Bytes, http::HeaderMap, routing::post};
+use tokio_util::sync::CancellationToken;
+use waypost_api::{AppState, AuthConfig};
+use waypost_providers::signature::{sign_meta, verify_meta};
+use waypost_store::{
+    NewChannel, Store,
+    testkit::{Flavor, TestDb},
+};
+use waypost_vault::{MasterKey, Vault};
+
+const SECRET: &str = "bench-app-secret";
+
+fn env_u64(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn body(i: u64) -> Vec<u8> {
+    format!(
+        r#"{{"object":"whatsapp_business_account","entry":[{{"id":"102290129340398","changes":[{{"field":"messages","value":{{"messaging_product":"whatsapp","metadata":{{"display_phone_number":"15550783881","phone_number_id":"106540352242922"}},"contacts":[{{"profile":{{"name":"Load"}},"wa_id":"16505551234"}}],"messages":[{{"from":"16505551234","id":"wamid.BENCH{i}","timestamp":"1749416383","type":"text","text":{{"body":"load {i}"}}}}]}}}}]}}]}}"#
+    )
+    .into_bytes()
+}
+
+struct Run {
+    acked: u64,
+    per_second: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+}
+
+/// Fires signed webhooks at `url` from `concurrency` connections for `seconds`.
+async fn load(url: String, concurrency: u64, seconds: u64) -> Run {
+    let stop = Arc::new(AtomicBool::new(false));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for worker in 0..concurrency {
+        let (url, stop) = (url.clone(), stop.clone());
+        tasks.push(tokio::spawn(async move {
+            let client = reqwest::Client::new();
+            let mut latencies = Vec::new();
+            let mut i = worker * 10_000_000;
+            while !stop.load(Ordering::Relaxed) {
+                let payload = body(i);
+                let signature = sign_meta(SECRET.as_bytes(), &payload);
+                let sent = Instant::now();
+                let resp = client
+                    .post(&url)
+                    .header("x-hub-signature-256", signature)
+                    .body(payload)
+                    .send()
+                    .await;
+                if resp.is_ok_and(|r| r.status() == 200) {
+                    latencies.push(sent.elapsed().as_secs_f64() * 1000.0);
+                }
+                i += 1;
+            }
+            latencies
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(seconds)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut all = Vec::new();
+    for task in tasks {
+        all.extend(task.await.unwrap());
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    all.sort_by(f64::total_cmp);
+    let pct = |p: f64| {
+        all.get(((all.len() as f64 - 1.0) * p) as usize)
+            .copied()
+            .unwrap_or(0.0)
+    };
+    Run {
+        acked: all.len() as u64,
+        per_second: all.len() as f64 / elapsed,
+        p50_ms: pct(0.5),
+        p99_ms: pct(0.99),
+    }
+}
+
+async fn baseline(concurrency: u64, seconds: u64) -> Run {
+    let app = axum::Router::new().route(
+        "/hook",
+        post(|headers: HeaderMap, body: Bytes| async move {
+            let signature = headers
+                .get("x-hub-signature-256")
+                .and_then(|v| v.to_str().ok());
+            if verify_meta(SECRET.as_bytes(), &body, signature).is_ok() {
+                axum::http::StatusCode::OK
+            } else {
+                axum::http::StatusCode::FORBIDDEN
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    load(url, concurrency, seconds).await
+}
+
+async fn waypost(db: &TestDb, concurrency: u64, seconds: u64) -> (Run, i64) {
+    let store: Store = db.store().await;
+    let vault = Arc::new(
+        Vault::open(store.clone(), MasterKey::generate().unwrap())
+            .await
+            .unwrap(),
+    );
+    let mut tx = store.platform().await.unwrap();
+    let tenant = tx.create_tenant("Bench").await.unwrap().id;
+    let (mut tx, channel) = tx
+        .create_channel(
+            tenant,
+            NewChannel {
+                provider: "meta".into(),
+                name: "Bench".into(),
+                phone_number_id: Some("106540352242922".into()),
+                waba_id: None,
+                display_number: None,
+                throughput_mps: 80,
+                graph_api_base_url: "http://127.0.0.1:1".into(),
+                graph_api_version: "v25.0".into(),
+            },
+        )
+        .await
+        .unwrap();
+    vault
+        .put_secret(
+            &mut tx,
+            &waypost_api::channel_secret_purpose(channel.id, "app_secret"),
+            SECRET,
+        )
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!(
+        "http://{}/webhooks/meta/{}",
+        listener.local_addr().unwrap(),
+        channel.id
+    );
+    let shutdown = CancellationToken::new();
+    let state = AppState::new(store.clone(), vault, AuthConfig::default());
+    tokio::spawn(waypost_api::serve(listener, state, shutdown.clone()));
+    let run = load(url, concurrency, seconds).await;
+    shutdown.cancel();
+    let mut tx = store.tenant_read(tenant).await.unwrap();
+    let stored = tx.count_inbox().await.unwrap();
+    (run, stored)
+}
+
+fn print(label: &str, run: &Run) {
+    println!(
+        "{label:<34} {:>8.0} acks/s   p50 {:>6.1} ms   p99 {:>6.1} ms   ({} acknowledged)",
+        run.per_second, run.p50_ms, run.p99_ms, run.acked
+    );
+}
+
+fn main() {
+    let seconds = env_u64("BENCH_SECONDS", 10);
+    let concurrency = env_u64("BENCH_CONCURRENCY", 64);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+        println!("signed Meta webhooks, {concurrency} connections, {seconds} s per run, load generator on the same {cores} cores");
+        print("baseline: verify-only handler", &baseline(concurrency, seconds).await);
+        let mut dbs = vec![TestDb::sqlite()];
+        dbs.extend(TestDb::postgres(Flavor::Postgres).await);
+        for db in dbs {
+            let (run, stored) = waypost(&db, concurrency, seconds).await;
+            print(&format!("waypost, {} (store, then ack)", db.engine().as_str()), &run);
+            assert!(stored >= run.acked as i64, "{} acknowledged but only {stored} stored", run.acked);
+            println!("{:<34} {stored} bodies in the inbox, none missing", "");
+        }
+    });
+}
