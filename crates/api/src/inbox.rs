@@ -101,12 +101,16 @@ async fn run(store: Store, mut rx: mpsc::Receiver<Pending>) {
 
 async fn write(store: &Store, tenant: TenantId, items: &[Pending]) -> Result<(), Error> {
     let mut tx = store.tenant(tenant).await?;
-    for item in items {
-        let inbox = tx
-            .store_webhook(item.route.channel, item.provider, &item.body)
-            .await?;
-        tx.enqueue(waypost_inbound::process_job(inbox)?).await?;
-    }
+    let bodies: Vec<_> = items
+        .iter()
+        .map(|i| (i.route.channel, i.provider, i.body.as_ref()))
+        .collect();
+    let ids = tx.store_webhooks(&bodies).await?;
+    let jobs = ids
+        .into_iter()
+        .map(waypost_inbound::process_job)
+        .collect::<Result<Vec<_>, _>>()?;
+    tx.enqueue_many(jobs).await?;
     tx.commit().await
 }
 
@@ -134,7 +138,14 @@ impl ChannelSecrets {
 
     pub fn put(&self, channel: ChannelId, name: &'static str, route: ChannelRoute, secret: String) {
         if let Ok(mut entries) = self.entries.lock() {
-            entries.insert((channel, name), Cached { route, secret, at: Instant::now() });
+            entries.insert(
+                (channel, name),
+                Cached {
+                    route,
+                    secret,
+                    at: Instant::now(),
+                },
+            );
         }
     }
 }

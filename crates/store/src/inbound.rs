@@ -401,6 +401,36 @@ impl Tx<Tenant> {
         Ok(id)
     }
 
+    /// Stores many raw webhook bodies with one multi-row INSERT (the group-commit path).
+    pub async fn store_webhooks(
+        &mut self,
+        items: &[(ChannelId, &str, &[u8])],
+    ) -> Result<Vec<InboxId>> {
+        let tenant = *self.tenant().as_uuid();
+        let now = Timestamp::now().as_millis();
+        let ids: Vec<InboxId> = items.iter().map(|_| InboxId::new()).collect();
+        if items.is_empty() {
+            return Ok(ids);
+        }
+        let rows: Vec<_> = items.iter().zip(&ids).collect();
+        on_conn!(&mut self.conn, |c| {
+            let mut insert = sqlx::QueryBuilder::new(
+                "INSERT INTO webhook_inbox (tenant_id, id, channel_id, provider, received_at, body) ",
+            );
+            insert.push_values(&rows, |mut row, ((channel, provider, body), id)| {
+                row.push_bind(tenant)
+                    .push_bind(*id.as_uuid())
+                    .push_bind(*channel.as_uuid())
+                    .push_bind(provider.to_string())
+                    .push_bind(now)
+                    .push_bind(body.to_vec());
+            });
+            insert.build().execute(c).await.map(|r| r.rows_affected())
+        })
+        .map_err(db_error)?;
+        Ok(ids)
+    }
+
     pub async fn inbox_entry(&mut self, id: InboxId) -> Result<InboxEntry> {
         #[derive(sqlx::FromRow)]
         struct Row {

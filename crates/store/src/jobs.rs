@@ -264,6 +264,49 @@ impl<S: Scope> Tx<S> {
         })
     }
 
+    /// Adds many jobs with one multi-row INSERT; returns how many were new (dedupe keys that
+    /// already exist are skipped).
+    pub async fn enqueue_many(&mut self, jobs: Vec<NewJob>) -> Result<u64> {
+        if jobs.is_empty() {
+            return Ok(0);
+        }
+        let tenant = self.scope.tenant_id().map(|t| *t.as_uuid());
+        let now = Timestamp::now().as_millis();
+        let rows: Vec<(Uuid, NewJob, Option<String>, String)> = jobs
+            .into_iter()
+            .map(|job| {
+                let key = job.dedupe_key.as_ref().map(|key| match tenant {
+                    Some(t) => format!("{t}:{key}"),
+                    None => format!("platform:{key}"),
+                });
+                let payload = job.payload.to_string();
+                (Uuid::now_v7(), job, key, payload)
+            })
+            .collect();
+        on_conn!(&mut self.conn, |c| {
+            let mut insert = sqlx::QueryBuilder::new(
+                "INSERT INTO jobs (id, tenant_id, kind, payload, state, run_at, attempts, \
+                 max_attempts, dedupe_key, created_at, updated_at) ",
+            );
+            insert.push_values(&rows, |mut row, (id, job, key, payload)| {
+                row.push_bind(*id)
+                    .push_bind(tenant)
+                    .push_bind(job.kind.clone())
+                    .push_bind(payload.clone())
+                    .push_bind("pending")
+                    .push_bind(job.run_at.map_or(now, Timestamp::as_millis))
+                    .push_bind(0_i64)
+                    .push_bind(i64::from(job.max_attempts))
+                    .push_bind(key.clone())
+                    .push_bind(now)
+                    .push_bind(now);
+            });
+            insert.push(" ON CONFLICT (dedupe_key) DO NOTHING");
+            insert.build().execute(c).await.map(|r| r.rows_affected())
+        })
+        .map_err(db_error)
+    }
+
     /// Marks a claimed job complete in this transaction, so its effects and its completion
     /// commit together (or not at all). Fails with `conflict` if the lease was lost.
     pub async fn complete_job(&mut self, job: &ClaimedJob) -> Result<()> {

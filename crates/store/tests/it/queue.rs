@@ -324,3 +324,27 @@ async fn a_recurring_period_fires_once_across_processes() {
         assert_eq!(jobs.len(), 2);
     }
 }
+
+#[tokio::test]
+async fn many_jobs_enqueue_in_one_statement_and_still_deduplicate() {
+    for db in test_databases().await {
+        let store = db.store().await;
+        let mut tx = store.platform().await.unwrap();
+        let jobs = (0..300)
+            .map(|i| NewJob::new("bulk", i).unwrap())
+            .chain([NewJob::new("bulk", "k").unwrap().dedupe_key("k")])
+            .collect();
+        assert_eq!(tx.enqueue_many(jobs).await.unwrap(), 301);
+        let again = vec![
+            NewJob::new("bulk", "k2").unwrap().dedupe_key("k"),
+            NewJob::new("bulk", "new").unwrap(),
+        ];
+        assert_eq!(tx.enqueue_many(again).await.unwrap(), 1, "{:?}", db.flavor);
+        tx.commit().await.unwrap();
+        let claimed = store
+            .claim_jobs("w", 1000, LEASE, Timestamp::now())
+            .await
+            .unwrap();
+        assert_eq!(claimed.len(), 302);
+    }
+}
