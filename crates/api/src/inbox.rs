@@ -6,14 +6,17 @@
 
 use std::{
     collections::{BTreeMap, HashMap},
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicUsize, Ordering},
+    },
     time::{Duration, Instant},
 };
 
 use axum::body::Bytes;
 use tokio::sync::{mpsc, oneshot};
 use waypost_core::{ChannelId, Error, ErrorCode, TenantId};
-use waypost_store::{ChannelRoute, Store};
+use waypost_store::{ChannelRoute, Engine, Store};
 
 /// The most webhooks one commit takes.
 const MAX_BATCH: usize = 512;
@@ -27,14 +30,29 @@ struct Pending {
 
 #[derive(Clone)]
 pub struct InboxWriter {
-    queue: mpsc::Sender<Pending>,
+    queues: Arc<Vec<mpsc::Sender<Pending>>>,
+    next: Arc<AtomicUsize>,
 }
 
 impl InboxWriter {
+    /// One writer on SQLite (it has one writer connection anyway); on PostgreSQL several,
+    /// whose commits proceed in parallel.
     pub fn start(store: Store) -> Self {
-        let (queue, rx) = mpsc::channel(8 * MAX_BATCH);
-        tokio::spawn(run(store, rx));
-        Self { queue }
+        let writers = match store.engine() {
+            Engine::Sqlite => 1,
+            Engine::Postgres => 4,
+        };
+        let queues = (0..writers)
+            .map(|_| {
+                let (queue, rx) = mpsc::channel(8 * MAX_BATCH);
+                tokio::spawn(run(store.clone(), rx));
+                queue
+            })
+            .collect();
+        Self {
+            queues: Arc::new(queues),
+            next: Arc::new(AtomicUsize::new(0)),
+        }
     }
 
     /// Returns once the body and its processing job are committed.
@@ -45,7 +63,8 @@ impl InboxWriter {
         body: Bytes,
     ) -> Result<(), Error> {
         let (done, answer) = oneshot::channel();
-        self.queue
+        let queue = &self.queues[self.next.fetch_add(1, Ordering::Relaxed) % self.queues.len()];
+        queue
             .send(Pending {
                 route,
                 provider,
