@@ -380,25 +380,10 @@ impl Tx<Tenant> {
         provider: &str,
         body: &[u8],
     ) -> Result<InboxId> {
-        let tenant = self.tenant();
-        let id = InboxId::new();
-        on_conn!(&mut self.conn, |c| {
-            sqlx::query(
-                "INSERT INTO webhook_inbox (tenant_id, id, channel_id, provider, received_at, body) \
-                 VALUES ($1, $2, $3, $4, $5, $6)",
-            )
-            .bind(tenant.as_uuid())
-            .bind(id.as_uuid())
-            .bind(channel.as_uuid())
-            .bind(provider)
-            .bind(Timestamp::now().as_millis())
-            .bind(body)
-            .execute(c)
-            .await
-            .map(|r| r.rows_affected())
-        })
-        .map_err(db_error)?;
-        Ok(id)
+        let ids = self.store_webhooks(&[(channel, provider, body)]).await?;
+        ids.into_iter()
+            .next()
+            .ok_or_else(|| Error::internal("storing a webhook", "no id returned"))
     }
 
     /// Stores many raw webhook bodies with one multi-row INSERT (the group-commit path).

@@ -72,12 +72,8 @@ async fn create(
     tenant: TenantId,
     addr: SocketAddr,
 ) -> Result<ChannelId> {
-    let random = || -> Result<String> {
-        let mut bytes = [0u8; 24];
-        getrandom::fill(&mut bytes)
-            .map_err(|e| Error::internal("reading the OS random source", e.to_string()))?;
-        Ok(URL_SAFE_NO_PAD.encode(bytes))
-    };
+    let random =
+        || -> Result<String> { Ok(URL_SAFE_NO_PAD.encode(waypost_api::random_bytes::<24>()?)) };
     let (mut tx, channel) = store
         .platform()
         .await?

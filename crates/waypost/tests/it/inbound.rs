@@ -19,6 +19,20 @@ fn fixture(name: &str) -> Vec<u8> {
 
 const APP_SECRET: &str = "channel-app-secret-123";
 
+/// `waypost serve` on `url` with a quick worker poll; the scratch folder, the server and the
+/// first-run owner key.
+fn serve_on(url: &str) -> (Scratch, Server, String) {
+    let scratch = Scratch::new();
+    let args = ["serve", "--listen", "127.0.0.1:0", "--database-url", url];
+    let mut server = Server::start(
+        &scratch.0,
+        &args,
+        &[("WAYPOST_JOBS__POLL_INTERVAL_MS", "50")],
+    );
+    let key = server.wait_for_stdout("  wp_").trim().to_string();
+    (scratch, server, key)
+}
+
 async fn wait_for_messages(
     client: &reqwest::Client,
     server: &Server,
@@ -62,19 +76,7 @@ async fn wait_for_messages(
 #[tokio::test]
 async fn signed_webhooks_become_conversations_once() {
     for db in test_databases().await {
-        let scratch = Scratch::new();
-        let mut server = Server::start(
-            &scratch.0,
-            &[
-                "serve",
-                "--listen",
-                "127.0.0.1:0",
-                "--database-url",
-                &db.url,
-            ],
-            &[("WAYPOST_JOBS__POLL_INTERVAL_MS", "50")],
-        );
-        let key = server.wait_for_stdout("  wp_").trim().to_string();
+        let (_scratch, server, key) = serve_on(&db.url);
         let client = reqwest::Client::new();
 
         let created = client
@@ -402,19 +404,7 @@ async fn a_crash_mid_burst_loses_no_acknowledged_webhook_and_doubles_none() {
 #[tokio::test]
 async fn bsp_webhooks_are_authenticated_and_processed() {
     for db in test_databases().await {
-        let scratch = Scratch::new();
-        let mut server = Server::start(
-            &scratch.0,
-            &[
-                "serve",
-                "--listen",
-                "127.0.0.1:0",
-                "--database-url",
-                &db.url,
-            ],
-            &[("WAYPOST_JOBS__POLL_INTERVAL_MS", "50")],
-        );
-        let key = server.wait_for_stdout("  wp_").trim().to_string();
+        let (_scratch, server, key) = serve_on(&db.url);
         let client = reqwest::Client::new();
 
         // 360dialog forwards Meta's payloads; it authenticates with a header we hand out.
