@@ -137,6 +137,7 @@ async fn waypost(db: &TestDb, concurrency: u64, seconds: u64) -> (Run, i64) {
                 phone_number_id: Some("106540352242922".into()),
                 waba_id: None,
                 display_number: None,
+                provider_account: None,
                 throughput_mps: 80,
                 graph_api_base_url: "http://127.0.0.1:1".into(),
                 graph_api_version: "v25.0".into(),

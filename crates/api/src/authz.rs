@@ -34,6 +34,8 @@ pub enum Permission {
     ReadConversations,
     /// Create, change and erase contacts, record consent (agents too: they work the inbox).
     ManageContacts,
+    /// Send messages, upload media, mark messages read, preview templates.
+    SendMessages,
 }
 
 impl Permission {
@@ -45,7 +47,9 @@ impl Permission {
             | Permission::ManageSettings
             | Permission::ReadAudit
             | Permission::ManageChannels => role.can_administer(),
-            Permission::ManageContacts => matches!(role, Role::Owner | Role::Admin | Role::Agent),
+            Permission::ManageContacts | Permission::SendMessages => {
+                matches!(role, Role::Owner | Role::Admin | Role::Agent)
+            }
             Permission::SignedIn | Permission::Operate => false,
         }
     }
@@ -98,6 +102,18 @@ pub const ROUTE_PERMISSIONS: &[(&str, &str, Permission)] = &[
     ("GET", "/api/v1/conversations", Permission::ReadConversations),
     ("GET", "/api/v1/conversations/{id}/messages", Permission::ReadConversations),
     ("GET", "/api/v1/media/{id}", Permission::ReadConversations),
+    ("POST", "/api/v1/media", Permission::SendMessages),
+    ("POST", "/api/v1/messages", Permission::SendMessages),
+    ("GET", "/api/v1/messages/{id}", Permission::ReadConversations),
+    ("POST", "/api/v1/messages/{id}/read", Permission::SendMessages),
+    ("PUT", "/api/v1/channels/{id}/credentials", Permission::ManageChannels),
+    ("POST", "/api/v1/channels/{id}/resume", Permission::ManageChannels),
+    ("POST", "/api/v1/channels/{id}/templates/sync", Permission::ManageChannels),
+    ("POST", "/api/v1/channels/{id}/templates", Permission::ManageChannels),
+    ("GET", "/api/v1/templates", Permission::ReadTenant),
+    ("GET", "/api/v1/templates/{id}", Permission::ReadTenant),
+    ("DELETE", "/api/v1/templates/{id}", Permission::ManageChannels),
+    ("POST", "/api/v1/templates/{id}/preview", Permission::SendMessages),
     // Authenticated by the provider's signature or verify token, in the handler.
     ("GET", "/webhooks/meta/{channel_id}", Permission::Public),
     ("POST", "/webhooks/meta/{channel_id}", Permission::Public),

@@ -81,6 +81,8 @@ pub struct AppState {
     pub metrics: ::metrics_exporter_prometheus::PrometheusHandle,
     /// Pokes this process's job worker when a request enqueues work.
     pub worker_wake: Option<Arc<Notify>>,
+    /// Pokes this process's dispatcher when a request queues a message.
+    pub dispatch_wake: Option<Arc<Notify>>,
     openapi: Arc<utoipa::openapi::OpenApi>,
 }
 
@@ -100,12 +102,45 @@ impl AppState {
                 .unwrap_or_default(),
             metrics: install_recorder(),
             worker_wake: None,
+            dispatch_wake: None,
             openapi: Arc::new(openapi()),
         }
     }
 }
 
 const MAX_BODY_BYTES: usize = 1024 * 1024;
+/// Media uploads may be as large as WhatsApp allows (documents: 100 MB).
+const MAX_UPLOAD_BYTES: usize = 100 * 1024 * 1024;
+const UPLOAD_ROUTE: &str = "/api/v1/media";
+
+/// Caps request bodies at 1 MiB, except media uploads.
+async fn limit_body(
+    matched: Option<axum::extract::MatchedPath>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let limit = if matched.as_ref().map(|m| m.as_str()) == Some(UPLOAD_ROUTE)
+        && request.method() == axum::http::Method::POST
+    {
+        MAX_UPLOAD_BYTES
+    } else {
+        MAX_BODY_BYTES
+    };
+    let declared = request
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return axum::response::IntoResponse::into_response(ApiError(waypost_core::Error::new(
+            waypost_core::ErrorCode::PayloadTooLarge,
+            format!("the body may be at most {limit} bytes"),
+        )));
+    }
+    let request =
+        request.map(|body| axum::body::Body::new(http_body_util::Limited::new(body, limit)));
+    next.run(request).await
+}
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The OpenAPI document, as served at `/api/openapi.json`.
@@ -116,22 +151,23 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
 pub fn router(state: AppState) -> Router {
     let request_id = HeaderName::from_static("x-request-id");
     let (api, _) = routes::router();
-    api.route_layer(axum::middleware::from_fn_with_state(
-        state.clone(),
-        authz::authorize,
-    ))
-    .route_layer(axum::middleware::from_fn(metrics::track_requests))
-    .fallback(problem::not_found)
-    .method_not_allowed_fallback(problem::method_not_allowed)
-    .with_state(state)
-    .layer(RequestBodyLimitLayer::new(MAX_BODY_BYTES))
-    .layer(TimeoutLayer::with_status_code(
-        axum::http::StatusCode::SERVICE_UNAVAILABLE,
-        REQUEST_TIMEOUT,
-    ))
-    .layer(TraceLayer::new_for_http())
-    .layer(PropagateRequestIdLayer::new(request_id.clone()))
-    .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
+    api.route_layer(axum::middleware::from_fn(limit_body))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            authz::authorize,
+        ))
+        .route_layer(axum::middleware::from_fn(metrics::track_requests))
+        .fallback(problem::not_found)
+        .method_not_allowed_fallback(problem::method_not_allowed)
+        .with_state(state)
+        .layer(RequestBodyLimitLayer::new(MAX_UPLOAD_BYTES))
+        .layer(TimeoutLayer::with_status_code(
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            REQUEST_TIMEOUT,
+        ))
+        .layer(TraceLayer::new_for_http())
+        .layer(PropagateRequestIdLayer::new(request_id.clone()))
+        .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
 }
 
 /// Serves `app` (the API router, possibly with more merged in) until `shutdown` fires, then

@@ -34,6 +34,14 @@ pub enum ErrorCode {
     UpstreamError,
     /// Configuration is invalid; only raised at start-up or by the CLI.
     InvalidConfig,
+    /// A free-form message outside the contact's 24-hour customer-service window.
+    WindowClosed,
+    /// A marketing message to a contact who opted out of marketing.
+    ContactOptedOut,
+    /// The template does not exist, is not approved, or its parameters do not match.
+    TemplateInvalid,
+    /// An `Idempotency-Key` reused with a different request.
+    IdempotencyKeyReused,
     /// Anything unexpected. Details are logged, never returned.
     Internal,
 }
@@ -52,6 +60,10 @@ impl ErrorCode {
         Self::Unavailable,
         Self::UpstreamError,
         Self::InvalidConfig,
+        Self::WindowClosed,
+        Self::ContactOptedOut,
+        Self::TemplateInvalid,
+        Self::IdempotencyKeyReused,
         Self::Internal,
     ];
 
@@ -69,6 +81,10 @@ impl ErrorCode {
             Self::Unavailable => "unavailable",
             Self::UpstreamError => "upstream_error",
             Self::InvalidConfig => "invalid_config",
+            Self::WindowClosed => "window_closed",
+            Self::ContactOptedOut => "contact_opted_out",
+            Self::TemplateInvalid => "template_invalid",
+            Self::IdempotencyKeyReused => "idempotency_key_reused",
             Self::Internal => "internal",
         }
     }
@@ -76,7 +92,11 @@ impl ErrorCode {
     pub fn http_status(self) -> u16 {
         match self {
             Self::InvalidRequest | Self::InvalidConfig => 400,
-            Self::ValidationFailed => 422,
+            Self::ValidationFailed
+            | Self::WindowClosed
+            | Self::ContactOptedOut
+            | Self::TemplateInvalid
+            | Self::IdempotencyKeyReused => 422,
             Self::Unauthorized => 401,
             Self::Forbidden => 403,
             Self::NotFound => 404,
@@ -104,6 +124,10 @@ impl ErrorCode {
             Self::Unavailable => "Service unavailable",
             Self::UpstreamError => "The provider failed",
             Self::InvalidConfig => "Invalid configuration",
+            Self::WindowClosed => "The 24-hour customer-service window is closed",
+            Self::ContactOptedOut => "The contact opted out of marketing",
+            Self::TemplateInvalid => "The template cannot be sent like this",
+            Self::IdempotencyKeyReused => "Idempotency key reused with a different request",
             Self::Internal => "Internal error",
         }
     }

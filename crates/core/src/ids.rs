@@ -114,6 +114,11 @@ uuid_id!(
     "inbox entry"
 );
 uuid_id!(
+    /// A message template of a channel (a local copy of the provider's).
+    TemplateId,
+    "template"
+);
+uuid_id!(
     /// A job in the durable queue.
     JobId,
     "job"

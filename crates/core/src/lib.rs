@@ -10,8 +10,8 @@ mod time;
 
 pub use error::{Error, ErrorCode, Result};
 pub use ids::{
-    ApiKeyId, ChannelId, ContactId, ConversationId, InboxId, JobId, MessageId, SecretId, TenantId,
-    UserId,
+    ApiKeyId, ChannelId, ContactId, ConversationId, InboxId, JobId, MessageId, SecretId,
+    TemplateId, TenantId, UserId,
 };
 pub use page::{Cursor, Page, PageRequest};
 pub use phone::PhoneNumber;

@@ -6,15 +6,16 @@
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
-use waypost_core::{ContactId, Error, ErrorCode, InboxId, Timestamp};
+use waypost_core::{ContactId, Error, ErrorCode, InboxId, MessageId, Timestamp};
 use waypost_jobs::{Handler, JobContext, JobError};
+use waypost_outbound::{OutboundContent, QueueRequest, Recipient};
 use waypost_providers::{
     InboundEvent, InboundMessage, MessageContent, StatusUpdate, UserRef, bird, gupshup, meta,
     twilio,
 };
 use waypost_store::{
-    ConsentSettings, ContactIdentity, MARKETING, NewInboundMessage, NewJob, StatusChange,
-    TenantScope, Tx,
+    Channel, ConsentSettings, ContactIdentity, LANE_TRANSACTIONAL, MARKETING, NewInboundMessage,
+    NewJob, StatusChange, TemplateChange, TenantScope, Tx,
 };
 
 pub const PROCESS_KIND: &str = "inbound.process";
@@ -133,6 +134,9 @@ pub async fn process(tx: &mut Tx<TenantScope>, inbox_id: InboxId) -> Result<Proc
                             tx.record_consent(contact, MARKETING, action, "keyword", None, at)
                                 .await?;
                             done.consent_changes += 1;
+                            if let Some(reply) = &consent.confirmation_reply {
+                                confirm(tx, &channel, &message.from, reply).await?;
+                            }
                         }
                     }
                     None => done.duplicates += 1,
@@ -168,6 +172,27 @@ pub async fn process(tx: &mut Tx<TenantScope>, inbox_id: InboxId) -> Result<Proc
             InboundEvent::Status(status) => {
                 apply_status(tx, entry.channel_id, &status).await?;
                 done.statuses += 1;
+            }
+            InboundEvent::Template(update) => {
+                // Status, quality and category changes update the stored template; the
+                // notice itself is kept too.
+                tx.apply_template_change(
+                    entry.channel_id,
+                    &TemplateChange {
+                        provider_template_id: update.template_id.clone(),
+                        name: update.name.clone(),
+                        language: update.language.clone(),
+                        status: update.status.clone(),
+                        quality: update.quality.clone(),
+                        category: update.category.clone(),
+                        reason: update.reason.clone(),
+                    },
+                )
+                .await?;
+                let (kind, payload) = describe(&InboundEvent::Template(update));
+                tx.record_channel_event(entry.channel_id, &kind, &payload)
+                    .await?;
+                done.other_events += 1;
             }
             other => {
                 let (kind, payload) = describe(&other);
@@ -264,6 +289,30 @@ async fn apply_status(
         .ok()
         .and_then(|v| v.as_str().map(str::to_string))
         .unwrap_or_default();
+    // Our message id, echoed back: ties the status to an attempt whose answer we never got.
+    if let Some(id) = status
+        .biz_opaque_callback_data
+        .as_deref()
+        .and_then(|d| d.parse::<MessageId>().ok())
+    {
+        tx.reconcile_outbound(id, &status.provider_message_id)
+            .await?;
+    }
+    // 131050: the user stopped marketing messages; record it as their choice.
+    if status.errors.iter().any(|e| e.code == Some(131_050)) && status.recipient.is_identified() {
+        let contact = tx.upsert_contact(&identity(&status.recipient)).await?;
+        tx.record_consent(
+            contact,
+            MARKETING,
+            "opt_out",
+            "meta_signal",
+            Some("error 131050: the user stopped marketing messages"),
+            status
+                .at_ms
+                .map_or_else(Timestamp::now, Timestamp::from_millis),
+        )
+        .await?;
+    }
     let error = (!status.errors.is_empty())
         .then(|| serde_json::to_value(&status.errors))
         .transpose()
@@ -277,6 +326,46 @@ async fn apply_status(
     })
     .await?;
     Ok(())
+}
+
+/// The tenant's confirmation after a keyword changed consent, sent as a reply in the
+/// window the keyword just opened. A channel that cannot send it is logged, not fatal.
+async fn confirm(
+    tx: &mut Tx<TenantScope>,
+    channel: &Channel,
+    to: &UserRef,
+    reply: &str,
+) -> Result<(), Error> {
+    let recipient = match (&to.wa_id, &to.bsuid) {
+        (Some(wa_id), _) => Recipient::parse(&format!("+{wa_id}")),
+        (None, Some(bsuid)) => Recipient::parse(bsuid),
+        (None, None) => return Ok(()),
+    };
+    let queued = match recipient {
+        Ok(recipient) => {
+            waypost_outbound::queue(
+                tx,
+                channel,
+                QueueRequest {
+                    recipient,
+                    content: OutboundContent::text(reply),
+                    reply_to: None,
+                    lane: LANE_TRANSACTIONAL,
+                    idempotency: None,
+                },
+            )
+            .await
+        }
+        Err(err) => Err(err),
+    };
+    match queued {
+        Ok(_) => Ok(()),
+        Err(err) if matches!(err.code(), ErrorCode::Internal | ErrorCode::Unavailable) => Err(err),
+        Err(err) => {
+            tracing::warn!(channel = %channel.id, error = %err, "consent confirmation not sent");
+            Ok(())
+        }
+    }
 }
 
 fn describe(event: &InboundEvent) -> (String, serde_json::Value) {

@@ -10,9 +10,14 @@
 //!   statuses (or `failed`, at a configurable rate) echoing `biz_opaque_callback_data`.
 //! - `GET /simulator/graph/{version}/{media_id}` and `/simulator/media/{id}` serve media like
 //!   the Graph API.
-//! - `GET /simulator/graph/{version}/{waba_id}/message_templates` lists a few approved
-//!   templates, in pages like the Graph API.
+//! - `GET|POST|DELETE /simulator/graph/{version}/{waba_id}/message_templates` lists templates
+//!   in pages like the Graph API, submits one (approved a moment later by a signed
+//!   `message_template_status_update` webhook) and deletes one.
+//! - `POST /simulator/graph/{version}/{phone_number_id}/media` takes an upload.
 //! - `GET /simulator/stats` counts what was sent, for checking that nothing was sent twice.
+//! - `PUT /simulator/numbers/{phone_number_id}` registers another number with its own
+//!   webhook URL, app secret and throughput; `POST /simulator/faults` makes the next sends
+//!   fail with given error codes (130429, 131048, 190, ...).
 
 use std::{
     collections::HashMap,
@@ -39,10 +44,15 @@ pub struct SimulatorConfig {
     pub phone_number_id: String,
     pub display_number: String,
     pub waba_id: String,
-    /// Sends per second the number accepts before answering 130429.
+    /// Sends per second the number accepts before answering 130429 (a token bucket holding
+    /// one second of sends).
     pub throughput_mps: u32,
-    /// Minimum time between two sends to one recipient before 131056.
+    /// Pair rate: after a burst of `pair_burst` sends to one recipient, one per
+    /// `pair_interval`; faster answers 131056.
     pub pair_interval: Duration,
+    pub pair_burst: u32,
+    /// When set, sends must carry this bearer token (else error 190).
+    pub access_token: Option<String>,
     /// Share of accepted sends that later fail (0.0 to 1.0), and with which error code.
     pub failure_rate: f64,
     pub failure_code: i64,
@@ -60,6 +70,8 @@ impl Default for SimulatorConfig {
             waba_id: "200000000000001".into(),
             throughput_mps: 80,
             pair_interval: Duration::from_secs(6),
+            pair_burst: 3,
+            access_token: None,
             failure_rate: 0.0,
             failure_code: 131_026,
             status_delay: Duration::from_millis(200),
@@ -74,17 +86,42 @@ pub struct Stats {
     pub rejected: HashMap<String, u64>,
     /// How many times each `biz_opaque_callback_data` was accepted (above 1 is a duplicate).
     pub by_callback_data: HashMap<String, u64>,
+    pub accepted_by_number: HashMap<String, u64>,
+    /// Milliseconds since the first accepted send, per recipient (for pacing checks).
+    pub send_times_by_recipient: HashMap<String, Vec<u64>>,
+    pub media_uploads: u64,
+    pub reads: u64,
     pub webhooks_delivered: u64,
     pub webhooks_failed: u64,
+}
+
+/// A number the simulator serves, with its throughput bucket.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NumberConfig {
+    pub webhook_url: String,
+    pub app_secret: String,
+    pub throughput_mps: u32,
+    #[serde(default)]
+    pub display_number: Option<String>,
+}
+
+struct NumberState {
+    config: NumberConfig,
+    tokens: f64,
+    refilled: Instant,
 }
 
 struct Inner {
     config: SimulatorConfig,
     http: reqwest::Client,
-    /// Start of the current one-second window and sends counted in it.
-    window: (Instant, u32),
-    last_send_to: HashMap<String, Instant>,
+    numbers: HashMap<String, NumberState>,
+    /// Theoretical arrival time per (number, recipient), for the pair rate (GCRA).
+    pair_tat: HashMap<(String, String), Instant>,
     last_inbound_from: HashMap<String, SystemTime>,
+    /// Error codes the next sends fail with.
+    faults: std::collections::VecDeque<i64>,
+    templates: Vec<Value>,
+    started: Instant,
     stats: Stats,
 }
 
@@ -156,9 +193,12 @@ impl Simulator {
             inner: Arc::new(Mutex::new(Inner {
                 config,
                 http,
-                window: (Instant::now(), 0),
-                last_send_to: HashMap::new(),
+                numbers: HashMap::new(),
+                pair_tat: HashMap::new(),
                 last_inbound_from: HashMap::new(),
+                faults: std::collections::VecDeque::new(),
+                templates: default_templates(),
+                started: Instant::now(),
                 stats: Stats::default(),
             })),
         }
@@ -176,6 +216,15 @@ impl Simulator {
         Router::new()
             .route("/simulator/inbound", post(inject_handler))
             .route("/simulator/stats", get(stats_handler))
+            .route(
+                "/simulator/numbers/{id}",
+                axum::routing::put(number_handler),
+            )
+            .route("/simulator/faults", post(faults_handler))
+            .route(
+                "/simulator/graph/{version}/{id}/media",
+                post(upload_handler),
+            )
             .route("/simulator/media/{id}", get(media_bytes))
             .route(
                 "/simulator/graph/{version}/{id}/messages",
@@ -184,19 +233,54 @@ impl Simulator {
             .route("/simulator/graph/{version}/{id}", get(media_info))
             .route(
                 "/simulator/graph/{version}/{id}/message_templates",
-                get(templates),
+                get(templates).post(create_template).delete(delete_template),
             )
             .with_state(self.clone())
     }
 
-    /// Signs `value` and posts it to the webhook URL; returns the receiver's status.
-    async fn deliver(&self, value: &Value) -> u16 {
-        let Some((url, secret, http)) = self.with(|i| {
-            (
-                i.config.webhook_url.clone(),
-                i.config.app_secret.clone(),
-                i.http.clone(),
+    /// Registers (or changes) a number served besides the configured one.
+    pub fn add_number(&self, phone_number_id: &str, config: NumberConfig) {
+        self.with(|i| {
+            let tokens = f64::from(config.throughput_mps);
+            i.numbers.insert(
+                phone_number_id.to_string(),
+                NumberState {
+                    config,
+                    tokens,
+                    refilled: Instant::now(),
+                },
             )
+        });
+    }
+
+    /// Makes the next sends fail with these error codes, in order.
+    pub fn inject_faults(&self, codes: &[i64]) {
+        self.with(|i| i.faults.extend(codes.iter().copied()));
+    }
+
+    /// The configured number's settings, or a registered number's.
+    fn number_config(i: &Inner, phone_number_id: &str) -> Option<NumberConfig> {
+        if let Some(n) = i.numbers.get(phone_number_id) {
+            return Some(n.config.clone());
+        }
+        (phone_number_id == i.config.phone_number_id).then(|| NumberConfig {
+            webhook_url: i.config.webhook_url.clone(),
+            app_secret: i.config.app_secret.clone(),
+            throughput_mps: i.config.throughput_mps,
+            display_number: Some(i.config.display_number.clone()),
+        })
+    }
+
+    /// Signs `value` with the number's app secret and posts it to its webhook URL; returns
+    /// the receiver's status.
+    async fn deliver(&self, phone_number_id: &str, value: &Value) -> u16 {
+        let Some((url, secret, http)) = self.with(|i| {
+            let number = Self::number_config(i, phone_number_id);
+            let (url, secret) = number.map_or_else(
+                || (i.config.webhook_url.clone(), i.config.app_secret.clone()),
+                |n| (n.webhook_url, n.app_secret),
+            );
+            (url, secret, i.http.clone())
         }) else {
             return 0;
         };
@@ -226,12 +310,13 @@ impl Simulator {
         status
     }
 
-    fn envelope(&self, value: Value) -> Value {
-        let (phone_number_id, display, waba) = self
+    fn envelope(&self, phone_number_id: &str, value: Value) -> Value {
+        let (display, waba) = self
             .with(|i| {
                 (
-                    i.config.phone_number_id.clone(),
-                    i.config.display_number.clone(),
+                    Self::number_config(i, phone_number_id)
+                        .and_then(|n| n.display_number)
+                        .unwrap_or_else(|| i.config.display_number.clone()),
                     i.config.waba_id.clone(),
                 )
             })
@@ -293,27 +378,59 @@ impl Simulator {
         if let Some(bsuid) = &message.bsuid {
             contact["user_id"] = json!(bsuid);
         }
-        let envelope = self.envelope(json!({"contacts": [contact], "messages": [body]}));
-        let webhook_status = self.deliver(&envelope).await;
+        let number = self
+            .with(|i| i.config.phone_number_id.clone())
+            .unwrap_or_default();
+        let envelope = self.envelope(&number, json!({"contacts": [contact], "messages": [body]}));
+        let webhook_status = self.deliver(&number, &envelope).await;
         Injected {
             wamid: id,
             webhook_status,
         }
     }
 
-    /// The send path: limits first, then acceptance and asynchronous statuses.
-    fn admit(&self, recipient: &str, free_form: bool) -> Result<(), (i64, &'static str)> {
+    /// The send path: injected faults, then the number's throughput, the pair rate and the
+    /// window; on acceptance the send is counted.
+    fn admit(
+        &self,
+        phone_number_id: &str,
+        recipient: &str,
+        free_form: bool,
+    ) -> Result<(), (i64, &'static str)> {
         self.with(|i| {
-            let now = Instant::now();
-            if now.duration_since(i.window.0) >= Duration::from_secs(1) {
-                i.window = (now, 0);
+            if let Some(code) = i.faults.pop_front() {
+                return Err((code, "Injected fault"));
             }
-            if i.window.1 >= i.config.throughput_mps {
+            let now = Instant::now();
+            let throughput = Self::number_config(i, phone_number_id)
+                .map_or(i.config.throughput_mps, |n| n.throughput_mps);
+            let rate = f64::from(throughput.max(1));
+            let state = i
+                .numbers
+                .entry(phone_number_id.to_string())
+                .or_insert_with(|| NumberState {
+                    config: NumberConfig {
+                        webhook_url: i.config.webhook_url.clone(),
+                        app_secret: i.config.app_secret.clone(),
+                        throughput_mps: throughput,
+                        display_number: Some(i.config.display_number.clone()),
+                    },
+                    tokens: rate,
+                    refilled: now,
+                });
+            state.tokens =
+                (state.tokens + now.duration_since(state.refilled).as_secs_f64() * rate).min(rate);
+            state.refilled = now;
+            if state.tokens < 1.0 {
                 return Err((130_429, "Rate limit hit"));
             }
-            if let Some(last) = i.last_send_to.get(recipient)
-                && now.duration_since(*last) < i.config.pair_interval
-            {
+            // GCRA: each send moves the recipient's theoretical arrival time on by one
+            // interval; a burst may run ahead of now by (burst - 1) intervals.
+            let interval = i.config.pair_interval;
+            let tolerance = interval * i.config.pair_burst.saturating_sub(1);
+            let key = (phone_number_id.to_string(), recipient.to_string());
+            let tat = i.pair_tat.get(&key).copied().unwrap_or(now).max(now);
+            if tat.duration_since(now) > tolerance {
                 return Err((
                     131_056,
                     "(Business Account, Consumer Account) pair rate limit hit",
@@ -327,8 +444,17 @@ impl Simulator {
             if free_form && !in_window {
                 return Err((131_047, "Re-engagement message"));
             }
-            i.window.1 += 1;
-            i.last_send_to.insert(recipient.to_string(), now);
+            if let Some(state) = i.numbers.get_mut(phone_number_id) {
+                state.tokens -= 1.0;
+            }
+            i.pair_tat.insert(key, tat + interval);
+            let since_start =
+                u64::try_from(now.duration_since(i.started).as_millis()).unwrap_or(u64::MAX);
+            i.stats
+                .send_times_by_recipient
+                .entry(recipient.to_string())
+                .or_default()
+                .push(since_start);
             Ok(())
         })
         .unwrap_or(Err((131_000, "Something went wrong")))
@@ -338,7 +464,13 @@ impl Simulator {
         self.with(|i| *i.stats.rejected.entry(code.to_string()).or_insert(0) += 1);
     }
 
-    async fn statuses(self, message_id: String, recipient: String, callback: Option<String>) {
+    async fn statuses(
+        self,
+        phone_number_id: String,
+        message_id: String,
+        recipient: String,
+        callback: Option<String>,
+    ) {
         let (delay, fail, code) = self
             .with(|i| {
                 (
@@ -366,8 +498,8 @@ impl Simulator {
                 object["pricing"] =
                     json!({"billable": true, "pricing_model": "PMP", "category": "utility"});
             }
-            let envelope = self.envelope(json!({"statuses": [object]}));
-            self.deliver(&envelope).await;
+            let envelope = self.envelope(&phone_number_id, json!({"statuses": [object]}));
+            self.deliver(&phone_number_id, &envelope).await;
         }
     }
 }
@@ -387,19 +519,42 @@ async fn stats_handler(State(sim): State<Simulator>) -> Json<Stats> {
     Json(sim.stats())
 }
 
+fn authorized(sim: &Simulator, headers: &axum::http::HeaderMap) -> bool {
+    let expected = sim.with(|i| i.config.access_token.clone()).flatten();
+    let given = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    match expected {
+        Some(token) => given == Some(token.as_str()),
+        None => given.is_some(),
+    }
+}
+
+fn invalid_token() -> Response {
+    let mut response = graph_error(190, "Error validating access token: the session is invalid");
+    *response.status_mut() = StatusCode::UNAUTHORIZED;
+    response
+}
+
 async fn send_handler(
     State(sim): State<Simulator>,
     Path((_version, phone_number_id)): Path<(String, String)>,
+    headers: axum::http::HeaderMap,
     Json(body): Json<Value>,
 ) -> Response {
-    let expected = sim
-        .with(|i| i.config.phone_number_id.clone())
-        .unwrap_or_default();
-    if phone_number_id != expected {
+    let known = sim
+        .with(|i| Simulator::number_config(i, &phone_number_id).is_some())
+        .unwrap_or(false);
+    if !known {
         return graph_error(100, "Unsupported post request: unknown phone number id");
+    }
+    if !authorized(&sim, &headers) {
+        return invalid_token();
     }
     // Marking a message read has no recipient.
     if body.get("status").and_then(Value::as_str) == Some("read") {
+        sim.with(|i| i.stats.reads += 1);
         return Json(json!({"success": true})).into_response();
     }
     let Some(recipient) = body
@@ -411,9 +566,13 @@ async fn send_handler(
         return graph_error(100, "Invalid parameter: to");
     };
     let kind = body.get("type").and_then(Value::as_str).unwrap_or("text");
-    if let Err((code, message)) = sim.admit(&recipient, kind != "template") {
+    if let Err((code, message)) = sim.admit(&phone_number_id, &recipient, kind != "template") {
         sim.count_rejection(code);
-        return graph_error(code, message);
+        let mut response = graph_error(code, message);
+        if code == 190 {
+            *response.status_mut() = StatusCode::UNAUTHORIZED;
+        }
+        return response;
     }
     let id = wamid();
     let callback = body
@@ -422,19 +581,57 @@ async fn send_handler(
         .map(str::to_string);
     sim.with(|i| {
         i.stats.accepted += 1;
+        *i.stats
+            .accepted_by_number
+            .entry(phone_number_id.clone())
+            .or_insert(0) += 1;
         if let Some(data) = &callback {
             *i.stats.by_callback_data.entry(data.clone()).or_insert(0) += 1;
         }
     });
     tokio::spawn(
         sim.clone()
-            .statuses(id.clone(), recipient.clone(), callback),
+            .statuses(phone_number_id, id.clone(), recipient.clone(), callback),
     );
     let mut answer = json!({"messaging_product": "whatsapp", "contacts": [{"input": recipient, "wa_id": recipient}], "messages": [{"id": id}]});
     if kind == "template" {
         answer["messages"][0]["message_status"] = json!("accepted");
     }
     Json(answer).into_response()
+}
+
+async fn number_handler(
+    State(sim): State<Simulator>,
+    Path(id): Path<String>,
+    Json(config): Json<NumberConfig>,
+) -> StatusCode {
+    sim.add_number(&id, config);
+    StatusCode::NO_CONTENT
+}
+
+#[derive(Debug, Deserialize)]
+struct Faults {
+    codes: Vec<i64>,
+}
+
+async fn faults_handler(State(sim): State<Simulator>, Json(faults): Json<Faults>) -> StatusCode {
+    sim.inject_faults(&faults.codes);
+    StatusCode::NO_CONTENT
+}
+
+async fn upload_handler(
+    State(sim): State<Simulator>,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    if !authorized(&sim, &headers) {
+        return invalid_token();
+    }
+    if body.is_empty() {
+        return graph_error(100, "Param file is required");
+    }
+    sim.with(|i| i.stats.media_uploads += 1);
+    Json(json!({"id": format!("sim-upload-{}", uuid::Uuid::now_v7().simple())})).into_response()
 }
 
 async fn media_info(
@@ -463,29 +660,137 @@ async fn media_bytes() -> impl IntoResponse {
     )
 }
 
-/// Two pages of templates, linked by `paging.next` like the Graph API.
+fn template_object(name: &str, category: &str, body: &str, status: &str) -> Value {
+    json!({"name": name, "status": status, "category": category, "language": "en_US", "parameter_format": "POSITIONAL",
+        "id": format!("sim-{name}"), "components": [{"type": "BODY", "text": body}]})
+}
+
+fn default_templates() -> Vec<Value> {
+    vec![
+        template_object(
+            "hello_world",
+            "UTILITY",
+            "Hello from the simulator!",
+            "APPROVED",
+        ),
+        template_object(
+            "seasonal_offer",
+            "MARKETING",
+            "Hi {{1}}, {{2}} off this week.",
+            "APPROVED",
+        ),
+        template_object(
+            "order_update",
+            "UTILITY",
+            "Your order {{1}} is {{2}}.",
+            "APPROVED",
+        ),
+    ]
+}
+
+/// The templates in pages of two, linked by `paging.next` like the Graph API.
 async fn templates(
+    State(sim): State<Simulator>,
     headers: axum::http::HeaderMap,
     Path((version, waba)): Path<(String, String)>,
     axum::extract::RawQuery(query): axum::extract::RawQuery,
 ) -> Response {
-    if headers.get("authorization").is_none() {
-        return graph_error(190, "Invalid OAuth access token");
+    if !authorized(&sim, &headers) {
+        return invalid_token();
     }
     let host = headers
         .get("host")
         .and_then(|h| h.to_str().ok())
         .unwrap_or("127.0.0.1");
-    let template = |name: &str, category: &str, body: &str| {
-        json!({"name": name, "status": "APPROVED", "category": category, "language": "en_US", "parameter_format": "POSITIONAL",
-            "id": format!("sim-{name}"), "components": [{"type": "BODY", "text": body}]})
-    };
-    if query.as_deref().is_some_and(|q| q.contains("after=page2")) {
-        return Json(json!({"data": [template("order_update", "UTILITY", "Your order {{1}} is {{2}}.")], "paging": {"cursors": {"before": "page2"}}})).into_response();
+    let all = sim.with(|i| i.templates.clone()).unwrap_or_default();
+    let start = query
+        .as_deref()
+        .and_then(|q| q.split('&').find_map(|p| p.strip_prefix("after=page")))
+        .and_then(|n| n.parse::<usize>().ok())
+        .unwrap_or(0);
+    let page: Vec<Value> = all.iter().skip(start).take(2).cloned().collect();
+    let mut paging = json!({"cursors": {"before": format!("page{start}")}});
+    if start + 2 < all.len() {
+        let next = start + 2;
+        paging["cursors"]["after"] = json!(format!("page{next}"));
+        paging["next"] = json!(format!(
+            "http://{host}/simulator/graph/{version}/{waba}/message_templates?after=page{next}"
+        ));
     }
-    Json(json!({
-        "data": [template("hello_world", "UTILITY", "Hello from the simulator!"), template("seasonal_offer", "MARKETING", "Hi {{1}}, {{2}} off this week.")],
-        "paging": {"cursors": {"after": "page2"}, "next": format!("http://{host}/simulator/graph/{version}/{waba}/message_templates?after=page2")}
-    }))
-    .into_response()
+    Json(json!({"data": page, "paging": paging})).into_response()
+}
+
+/// Takes a template as pending, then approves it by webhook like Meta's review would.
+async fn create_template(
+    State(sim): State<Simulator>,
+    headers: axum::http::HeaderMap,
+    Json(body): Json<Value>,
+) -> Response {
+    if !authorized(&sim, &headers) {
+        return invalid_token();
+    }
+    let Some(name) = body.get("name").and_then(Value::as_str).map(str::to_string) else {
+        return graph_error(100, "Param name is required");
+    };
+    let exists = sim
+        .with(|i| i.templates.iter().any(|t| t["name"] == json!(name)))
+        .unwrap_or(false);
+    if exists {
+        return graph_error(2_388_024, "Content in this language already exists");
+    }
+    let id = format!("sim-{name}");
+    let category = body.get("category").cloned().unwrap_or(json!("UTILITY"));
+    let mut stored = body.clone();
+    stored["id"] = json!(id);
+    stored["status"] = json!("PENDING");
+    sim.with(|i| i.templates.push(stored));
+    let approver = sim.clone();
+    let language = body.get("language").cloned().unwrap_or(json!("en_US"));
+    let (template_id, template_name) = (id.clone(), name.clone());
+    tokio::spawn(async move {
+        let delay = approver
+            .with(|i| i.config.status_delay)
+            .unwrap_or(Duration::from_millis(200));
+        tokio::time::sleep(delay).await;
+        approver.with(|i| {
+            for t in &mut i.templates {
+                if t["name"] == json!(template_name) {
+                    t["status"] = json!("APPROVED");
+                }
+            }
+        });
+        let (number, waba) = approver
+            .with(|i| (i.config.phone_number_id.clone(), i.config.waba_id.clone()))
+            .unwrap_or_default();
+        let envelope = json!({"object": "whatsapp_business_account", "entry": [{"id": waba, "time": now_secs(),
+            "changes": [{"field": "message_template_status_update", "value": {"event": "APPROVED",
+                "message_template_id": template_id, "message_template_name": template_name,
+                "message_template_language": language, "reason": "NONE"}}]}]});
+        approver.deliver(&number, &envelope).await;
+    });
+    Json(json!({"id": id, "status": "PENDING", "category": category})).into_response()
+}
+
+async fn delete_template(
+    State(sim): State<Simulator>,
+    headers: axum::http::HeaderMap,
+    axum::extract::Query(query): axum::extract::Query<HashMap<String, String>>,
+) -> Response {
+    if !authorized(&sim, &headers) {
+        return invalid_token();
+    }
+    let Some(name) = query.get("name").cloned() else {
+        return graph_error(100, "Param name is required");
+    };
+    let removed = sim
+        .with(|i| {
+            let before = i.templates.len();
+            i.templates.retain(|t| t["name"] != json!(name));
+            before != i.templates.len()
+        })
+        .unwrap_or(false);
+    if !removed {
+        return graph_error(100, "Template not found");
+    }
+    Json(json!({"success": true})).into_response()
 }

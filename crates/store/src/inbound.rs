@@ -27,10 +27,17 @@ pub struct Channel {
     pub phone_number_id: Option<String>,
     pub waba_id: Option<String>,
     pub display_number: Option<String>,
+    /// The provider-side account a BSP send needs: the Gupshup app name, or Bird's
+    /// `workspace_id/channel_id`.
+    pub provider_account: Option<String>,
     /// Messages per second: 80 (default), 1000, or 20 for numbers shared with the app.
     pub throughput_mps: i64,
     pub graph_api_base_url: String,
     pub graph_api_version: String,
+    /// `active`, `paused` (Meta flagged spam or an integrity block: a person must resume it)
+    /// or `credentials_invalid` (held until new credentials are stored).
+    pub send_state: String,
+    pub send_state_reason: Option<String>,
     pub created_at: Timestamp,
 }
 
@@ -40,6 +47,7 @@ pub struct NewChannel {
     pub phone_number_id: Option<String>,
     pub waba_id: Option<String>,
     pub display_number: Option<String>,
+    pub provider_account: Option<String>,
     pub throughput_mps: i64,
     pub graph_api_base_url: String,
     pub graph_api_version: String,
@@ -53,9 +61,12 @@ struct ChannelRow {
     phone_number_id: Option<String>,
     waba_id: Option<String>,
     display_number: Option<String>,
+    provider_account: Option<String>,
     throughput_mps: i64,
     graph_api_base_url: String,
     graph_api_version: String,
+    send_state: String,
+    send_state_reason: Option<String>,
     created_at: i64,
 }
 
@@ -68,9 +79,12 @@ impl From<ChannelRow> for Channel {
             phone_number_id: r.phone_number_id,
             waba_id: r.waba_id,
             display_number: r.display_number,
+            provider_account: r.provider_account,
             throughput_mps: r.throughput_mps,
             graph_api_base_url: r.graph_api_base_url,
             graph_api_version: r.graph_api_version,
+            send_state: r.send_state,
+            send_state_reason: r.send_state_reason,
             created_at: Timestamp::from_millis(r.created_at),
         }
     }
@@ -78,8 +92,8 @@ impl From<ChannelRow> for Channel {
 
 macro_rules! channel_columns {
     () => {
-        "id, provider, name, phone_number_id, waba_id, display_number, throughput_mps, \
-         graph_api_base_url, graph_api_version, created_at"
+        "id, provider, name, phone_number_id, waba_id, display_number, provider_account, throughput_mps, \
+         graph_api_base_url, graph_api_version, send_state, send_state_reason, created_at"
     };
 }
 
@@ -131,7 +145,13 @@ pub struct StoredMessage {
     pub conversation_id: ConversationId,
     /// `inbound` or `outbound`.
     pub direction: String,
-    pub provider_message_id: String,
+    /// The provider's id (a wamid for Meta); none until the provider accepts an outbound
+    /// message.
+    pub provider_message_id: Option<String>,
+    /// Outbound: the recipient (E.164 number or business-scoped user id).
+    pub recipient: Option<String>,
+    /// Outbound: `marketing`, `utility`, `authentication` or `service`.
+    pub category: Option<String>,
     /// The message type (`text`, `image`, `reaction`, ...).
     pub kind: String,
     /// The normalized content.
@@ -146,6 +166,58 @@ pub struct StoredMessage {
     pub error: Option<serde_json::Value>,
     pub sent_at: Option<Timestamp>,
     pub created_at: Timestamp,
+}
+
+#[derive(sqlx::FromRow)]
+pub(crate) struct MessageRow {
+    id: Uuid,
+    conversation_id: Uuid,
+    direction: String,
+    provider_message_id: Option<String>,
+    recipient: Option<String>,
+    category: Option<String>,
+    kind: String,
+    content: String,
+    referral: Option<String>,
+    reply_to: Option<String>,
+    status: Option<String>,
+    status_at: Option<i64>,
+    error: Option<String>,
+    sent_at: Option<i64>,
+    created_at: i64,
+}
+
+macro_rules! message_columns {
+    () => {
+        "id, conversation_id, direction, provider_message_id, recipient, category, kind, content, \
+         referral, reply_to, status, status_at, error, sent_at, created_at"
+    };
+}
+pub(crate) use message_columns;
+
+impl TryFrom<MessageRow> for StoredMessage {
+    type Error = Error;
+
+    fn try_from(r: MessageRow) -> Result<Self> {
+        Ok(StoredMessage {
+            id: MessageId::from_uuid(r.id),
+            conversation_id: ConversationId::from_uuid(r.conversation_id),
+            direction: r.direction,
+            provider_message_id: r.provider_message_id,
+            recipient: r.recipient,
+            category: r.category,
+            kind: r.kind,
+            content: serde_json::from_str(&r.content)
+                .map_err(|e| Error::internal("stored JSON", e))?,
+            referral: parse_json(r.referral)?,
+            reply_to: r.reply_to,
+            status: r.status,
+            status_at: r.status_at.map(Timestamp::from_millis),
+            error: parse_json(r.error)?,
+            sent_at: r.sent_at.map(Timestamp::from_millis),
+            created_at: Timestamp::from_millis(r.created_at),
+        })
+    }
 }
 
 pub struct NewInboundMessage {
@@ -177,11 +249,11 @@ pub enum StatusOutcome {
     Pending,
 }
 
-fn json_text(value: &serde_json::Value) -> String {
+pub(crate) fn json_text(value: &serde_json::Value) -> String {
     value.to_string()
 }
 
-fn parse_json(text: Option<String>) -> Result<Option<serde_json::Value>> {
+pub(crate) fn parse_json(text: Option<String>) -> Result<Option<serde_json::Value>> {
     text.map(|t| serde_json::from_str(&t).map_err(|e| Error::internal("stored JSON", e)))
         .transpose()
 }
@@ -296,9 +368,12 @@ impl Tx<Platform> {
             phone_number_id: new.phone_number_id,
             waba_id: new.waba_id,
             display_number: new.display_number,
+            provider_account: new.provider_account,
             throughput_mps: new.throughput_mps,
             graph_api_base_url: new.graph_api_base_url,
             graph_api_version: new.graph_api_version,
+            send_state: "active".into(),
+            send_state_reason: None,
             created_at: now,
         };
         let ch = &channel;
@@ -306,7 +381,7 @@ impl Tx<Platform> {
             sqlx::query(
                 "INSERT INTO channels (tenant_id, id, provider, name, phone_number_id, waba_id, \
                  display_number, throughput_mps, graph_api_base_url, graph_api_version, created_at, \
-                 updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $11)",
+                 updated_at, provider_account) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $11, $12)",
             )
             .bind(tenant.as_uuid())
             .bind(ch.id.as_uuid())
@@ -319,6 +394,7 @@ impl Tx<Platform> {
             .bind(&ch.graph_api_base_url)
             .bind(&ch.graph_api_version)
             .bind(now.as_millis())
+            .bind(&ch.provider_account)
             .execute(c)
             .await
             .map(|r| r.rows_affected())
@@ -631,7 +707,7 @@ impl Tx<Tenant> {
         Ok(Some(id))
     }
 
-    async fn apply_pending_statuses(&mut self, provider_message_id: &str) -> Result<()> {
+    pub(crate) async fn apply_pending_statuses(&mut self, provider_message_id: &str) -> Result<()> {
         #[derive(sqlx::FromRow)]
         struct Row {
             status: String,
@@ -806,21 +882,6 @@ impl Tx<Tenant> {
         limit: u32,
         after: Option<Cursor>,
     ) -> Result<Page<StoredMessage>> {
-        #[derive(sqlx::FromRow)]
-        struct Row {
-            id: Uuid,
-            direction: String,
-            provider_message_id: String,
-            kind: String,
-            content: String,
-            referral: Option<String>,
-            reply_to: Option<String>,
-            status: Option<String>,
-            status_at: Option<i64>,
-            error: Option<String>,
-            sent_at: Option<i64>,
-            created_at: i64,
-        }
         let tenant = self.tenant();
         let exists = on_conn!(&mut self.conn, |c| {
             sqlx::query_scalar::<_, i64>(
@@ -836,11 +897,12 @@ impl Tx<Tenant> {
             return Err(Error::not_found("conversation"));
         }
         let rows = on_conn!(&mut self.conn, |c| {
-            sqlx::query_as::<_, Row>(
-                "SELECT id, direction, provider_message_id, kind, content, referral, reply_to, status, \
-                 status_at, error, sent_at, created_at FROM messages \
-                 WHERE tenant_id = $1 AND conversation_id = $2 AND id > $3 ORDER BY id LIMIT $4",
-            )
+            sqlx::query_as::<_, MessageRow>(concat!(
+                "SELECT ",
+                message_columns!(),
+                " FROM messages WHERE tenant_id = $1 AND conversation_id = $2 AND id > $3 \
+                     ORDER BY id LIMIT $4"
+            ))
             .bind(tenant.as_uuid())
             .bind(conversation.as_uuid())
             .bind(after.map_or(Uuid::nil(), Cursor::id))
@@ -851,24 +913,7 @@ impl Tx<Tenant> {
         .map_err(db_error)?;
         let messages = rows
             .into_iter()
-            .map(|r| {
-                Ok(StoredMessage {
-                    id: MessageId::from_uuid(r.id),
-                    conversation_id: conversation,
-                    direction: r.direction,
-                    provider_message_id: r.provider_message_id,
-                    kind: r.kind,
-                    content: serde_json::from_str(&r.content)
-                        .map_err(|e| Error::internal("stored JSON", e))?,
-                    referral: parse_json(r.referral)?,
-                    reply_to: r.reply_to,
-                    status: r.status,
-                    status_at: r.status_at.map(Timestamp::from_millis),
-                    error: parse_json(r.error)?,
-                    sent_at: r.sent_at.map(Timestamp::from_millis),
-                    created_at: Timestamp::from_millis(r.created_at),
-                })
-            })
+            .map(StoredMessage::try_from)
             .collect::<Result<Vec<_>>>()?;
         Ok(Page::from_rows(messages, limit, |m| *m.id.as_uuid()))
     }

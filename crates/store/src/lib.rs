@@ -9,10 +9,12 @@ mod connect;
 mod contacts;
 mod inbound;
 mod jobs;
+mod outbound;
 mod probes;
 mod schedules;
 mod secrets;
 mod settings;
+mod templates;
 mod tenants;
 mod tx;
 mod users;
@@ -26,9 +28,14 @@ pub use inbound::{
     NewInboundMessage, SERVICE_WINDOW_MS, StatusChange, StatusOutcome, StoredMessage,
 };
 pub use jobs::{ClaimedJob, Enqueued, JobRecord, JobState, KindStats, NewJob};
+pub use outbound::{
+    IDEMPOTENCY_WINDOW_MS, LANE_BULK, LANE_TRANSACTIONAL, NewOutboundMessage, OutboxItem,
+    SendOutcome,
+};
 pub use probes::{PROBE_JOB_KIND, ProbeStatus};
 pub use secrets::{SecretStatus, StoredKey, StoredSecret};
 pub use settings::{AiSettingsRecord, TenantSettings};
+pub use templates::{Template, TemplateChange, TemplateUpsert};
 pub use tenants::Tenant;
 pub use tx::{Platform, Scope, Tenant as TenantScope, Tx};
 pub use users::{Membership, NewSession, SessionRecord, User, UserWithPassword, normalize_email};

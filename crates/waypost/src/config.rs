@@ -18,6 +18,7 @@ pub struct Config {
     pub database: DatabaseConfig,
     pub http: HttpConfig,
     pub jobs: JobsConfig,
+    pub outbound: OutboundConfig,
     pub scheduler: SchedulerConfig,
     pub log: LogConfig,
     pub secrets: SecretsConfig,
@@ -131,6 +132,33 @@ pub struct JobsConfig {
     pub prune_offset_secs: u64,
 }
 
+/// The dispatcher that sends queued messages (it runs where the job workers run).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OutboundConfig {
+    pub lease_secs: u64,
+    pub pair_interval_ms: u64,
+    pub pair_burst: u32,
+    pub max_in_flight: u32,
+    pub request_timeout_secs: u64,
+    pub max_attempts: u32,
+    pub unknown_expiry_secs: u64,
+}
+
+impl Default for OutboundConfig {
+    fn default() -> Self {
+        Self {
+            lease_secs: 10,
+            pair_interval_ms: 6000,
+            pair_burst: 3,
+            max_in_flight: 256,
+            request_timeout_secs: 30,
+            max_attempts: 10,
+            unknown_expiry_secs: 900,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SchedulerConfig {
@@ -154,6 +182,7 @@ impl Default for Config {
             database: DatabaseConfig::default(),
             http: HttpConfig::default(),
             jobs: JobsConfig::default(),
+            outbound: OutboundConfig::default(),
             scheduler: SchedulerConfig::default(),
             log: LogConfig::default(),
             secrets: SecretsConfig::default(),
@@ -363,6 +392,22 @@ impl Config {
             lease: Duration::from_secs(self.jobs.lease_secs),
             shutdown_grace: Duration::from_secs(self.http.shutdown_grace_secs),
             ..waypost_jobs::WorkerConfig::default()
+        }
+    }
+
+    pub fn dispatcher(&self, public_base_url: String) -> waypost_outbound::DispatcherConfig {
+        let o = &self.outbound;
+        waypost_outbound::DispatcherConfig {
+            lease: Duration::from_secs(o.lease_secs.max(2)),
+            renew_every: Duration::from_secs((o.lease_secs / 4).max(1)),
+            pair_interval: Duration::from_millis(o.pair_interval_ms),
+            pair_burst: o.pair_burst.max(1),
+            max_in_flight: usize::try_from(o.max_in_flight.max(1)).unwrap_or(1),
+            request_timeout: Duration::from_secs(o.request_timeout_secs.max(1)),
+            max_attempts: i64::from(o.max_attempts.max(1)),
+            unknown_expiry: Duration::from_secs(o.unknown_expiry_secs),
+            public_base_url,
+            ..waypost_outbound::DispatcherConfig::default()
         }
     }
 

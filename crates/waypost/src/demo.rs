@@ -85,6 +85,7 @@ async fn create(
                 phone_number_id: Some(DEMO_NUMBER_ID.into()),
                 waba_id: Some("200000000000001".into()),
                 display_number: Some(DEMO_DISPLAY.into()),
+                provider_account: None,
                 throughput_mps: 80,
                 graph_api_base_url: format!("http://{addr}/simulator/graph"),
                 graph_api_version: "v25.0".into(),

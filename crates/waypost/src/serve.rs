@@ -5,6 +5,7 @@ use tokio_util::sync::CancellationToken;
 use waypost_api::{ApiKeySecret, AppState};
 use waypost_core::{Error, ErrorCode, Result, Role};
 use waypost_jobs::{Registry, Scheduler, Worker, audit_retention_schedule, prune_schedule};
+use waypost_outbound::Dispatcher;
 use waypost_store::{NewApiKey, Store};
 
 use crate::{
@@ -42,22 +43,54 @@ pub async fn run(config: Config) -> Result<()> {
     tokio::spawn(wait_for_signal(shutdown.clone()));
     let mut tasks = tokio::task::JoinSet::new();
 
+    // For calls to providers: bounded connects, no cookies.
+    let http = reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(5))
+        .pool_max_idle_per_host(512)
+        .build()
+        .map_err(|e| Error::internal("building the HTTP client", e))?;
     let worker = config.jobs.enabled.then(|| {
         let keep = Duration::from_secs(config.jobs.keep_done_hours.saturating_mul(3600));
         let audit_keep =
             Duration::from_secs(config.audit.platform_retention_days.saturating_mul(86_400));
         Worker::new(
             store.clone(),
-            Registry::with_builtins(keep, audit_keep).register(
-                waypost_inbound::PROCESS_KIND,
-                waypost_inbound::ProcessInboxHandler,
-            ),
+            Registry::with_builtins(keep, audit_keep)
+                .register(
+                    waypost_inbound::PROCESS_KIND,
+                    waypost_inbound::ProcessInboxHandler,
+                )
+                .register(
+                    waypost_outbound::jobs::MARK_READ_KIND,
+                    waypost_outbound::jobs::MarkReadHandler {
+                        vault: vault.clone(),
+                        http: http.clone(),
+                    },
+                ),
             config.worker(),
         )
     });
     let worker_wake = worker.as_ref().map(Worker::waker);
     if let Some(worker) = worker {
         tasks.spawn(worker.run(shutdown.clone()));
+    }
+    // The dispatcher sends where the workers run: `--no-workers` turns both off.
+    let bound = listener.as_ref().and_then(|l| l.local_addr().ok());
+    let dispatcher = config.jobs.enabled.then(|| {
+        let public = bound.map_or_else(
+            || config.http.public_base_url.clone(),
+            |addr| config.webhooks(addr).public_base_url,
+        );
+        Dispatcher::new(
+            store.clone(),
+            vault.clone(),
+            http.clone(),
+            config.dispatcher(public),
+        )
+    });
+    let dispatch_wake = dispatcher.as_ref().map(Dispatcher::waker);
+    if let Some(dispatcher) = dispatcher {
+        tasks.spawn(dispatcher.run(shutdown.clone()));
     }
     if config.scheduler.enabled {
         let schedules = vec![
@@ -88,6 +121,7 @@ pub async fn run(config: Config) -> Result<()> {
         let mut state = AppState::new(store.clone(), vault.clone(), config.auth());
         state.webhooks = config.webhooks(addr);
         state.worker_wake = worker_wake;
+        state.dispatch_wake = dispatch_wake;
         let mut app = waypost_api::router(state);
         // The demo only ever runs on the embedded database, never in production.
         let demo = if config.demo.enabled && config.database.url.trim().is_empty() {

@@ -3,7 +3,7 @@ use std::collections::BTreeMap;
 use axum::{Json, extract::State, http::StatusCode};
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use serde::{Deserialize, Serialize};
-use waypost_core::{ChannelId, Error, Page, PageRequest, PhoneNumber};
+use waypost_core::{ChannelId, Error, ErrorCode, Page, PageRequest, PhoneNumber};
 use waypost_store::{Channel, NewChannel, SecretStatus};
 
 use crate::{
@@ -12,9 +12,8 @@ use crate::{
     problem::{ApiJson, ApiPath, ApiQuery, Problem},
 };
 
-pub fn secret_purpose(channel: ChannelId, name: &str) -> String {
-    format!("channel:{channel}:{name}")
-}
+pub use waypost_outbound::provider::secret_purpose;
+use waypost_outbound::provider::{credential_names, default_base_url};
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -32,7 +31,9 @@ pub struct CreateChannel {
     /// 80 (default), 1000, or 20 for numbers shared with the WhatsApp Business app.
     #[serde(default = "default_mps")]
     pub throughput_mps: i64,
-    /// Point the channel at a simulator or proxy; default Meta's Graph API.
+    /// The provider's API base URL; default the provider's own (Meta's Graph API,
+    /// `https://waba-v2.360dialog.io`, `https://api.twilio.com`, `https://api.gupshup.io`,
+    /// `https://api.bird.com`). Point it at a simulator or proxy to test.
     pub graph_api_base_url: Option<String>,
     pub graph_api_version: Option<String>,
     /// `meta`, write-only.
@@ -49,6 +50,8 @@ pub struct CreateChannel {
     pub auth_token: Option<String>,
     /// `bird`, write-only: the webhook signing key.
     pub signing_key: Option<String>,
+    /// `gupshup`: the app name; `bird`: `workspace_id/channel_id` (where sends go).
+    pub provider_account: Option<String>,
 }
 
 fn default_provider() -> String {
@@ -82,18 +85,6 @@ pub struct ChannelView {
 
 /// The header 360dialog must send (configured as a custom webhook header).
 pub const D360_TOKEN_HEADER: &str = "x-waypost-token";
-
-/// The credentials each provider needs (stored encrypted), and which the server generates.
-fn credential_names(provider: &str) -> &'static [&'static str] {
-    match provider {
-        "meta" => &["access_token", "app_secret"],
-        "360dialog" => &["api_key"],
-        "twilio" => &["account_sid", "auth_token"],
-        "gupshup" => &["api_key"],
-        "bird" => &["api_key", "signing_key"],
-        _ => &[],
-    }
-}
 
 async fn view(state: &AppState, auth: &Auth, channel: Channel) -> Result<ChannelView, ApiError> {
     let mut tx = state.store.tenant_read(auth.tenant()?).await?;
@@ -174,6 +165,20 @@ fn validate(body: &CreateChannel) -> Result<Vec<(&'static str, String)>, Error> 
     }
     if !matches!(body.throughput_mps, 20 | 80 | 1000) {
         return Err(Error::validation("throughput_mps must be 80, 1000 or 20"));
+    }
+    if let Some(account) = &body.provider_account {
+        let ok = match body.provider.as_str() {
+            "gupshup" => !account.trim().is_empty() && account.len() <= 200,
+            "bird" => account
+                .split_once('/')
+                .is_some_and(|(w, c)| !w.is_empty() && !c.is_empty() && account.len() <= 200),
+            _ => false,
+        };
+        if !ok {
+            return Err(Error::validation(
+                "provider_account is the Gupshup app name, or Bird's workspace_id/channel_id",
+            ));
+        }
     }
     if let Some(url) = &body.graph_api_base_url {
         let parsed = url::Url::parse(url)
@@ -298,11 +303,12 @@ pub async fn create_channel(
                     .filter(|_| matches!(body.provider.as_str(), "meta" | "360dialog")),
                 waba_id: body.waba_id.clone(),
                 display_number,
+                provider_account: body.provider_account.clone(),
                 throughput_mps: body.throughput_mps,
                 graph_api_base_url: body
                     .graph_api_base_url
                     .clone()
-                    .unwrap_or_else(|| "https://graph.facebook.com".into()),
+                    .unwrap_or_else(|| default_base_url(&body.provider).into()),
                 graph_api_version: body
                     .graph_api_version
                     .clone()
@@ -351,6 +357,115 @@ pub async fn get_channel(
     auth: Auth,
     ApiPath(id): ApiPath<ChannelId>,
 ) -> Result<Json<ChannelView>, ApiError> {
+    let channel = {
+        let mut tx = state.store.tenant_read(auth.tenant()?).await?;
+        tx.get_channel(id).await?
+    };
+    Ok(Json(view(&state, &auth, channel).await?))
+}
+
+/// New credentials for a channel (only the provider's own names; omitted ones stay).
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ChannelCredentials {
+    pub access_token: Option<String>,
+    pub app_secret: Option<String>,
+    pub api_key: Option<String>,
+    pub account_sid: Option<String>,
+    pub auth_token: Option<String>,
+    pub signing_key: Option<String>,
+}
+
+/// Replaces credentials (write-only). A channel held because its credentials were rejected
+/// (`credentials_invalid`) sends again.
+#[utoipa::path(put, path = "/api/v1/channels/{id}/credentials", tag = "channels",
+    params(("id" = ChannelId, Path, description = "Channel id")),
+    request_body = ChannelCredentials,
+    responses((status = OK, body = ChannelView),
+        (status = UNPROCESSABLE_ENTITY, body = Problem, content_type = "application/problem+json"),
+        (status = NOT_FOUND, body = Problem, content_type = "application/problem+json")))]
+pub async fn put_credentials(
+    State(state): State<AppState>,
+    auth: Auth,
+    ApiPath(id): ApiPath<ChannelId>,
+    ApiJson(body): ApiJson<ChannelCredentials>,
+) -> Result<Json<ChannelView>, ApiError> {
+    let mut tx = state.store.tenant(auth.tenant()?).await?;
+    let channel = tx.get_channel(id).await?;
+    let given = [
+        ("access_token", &body.access_token),
+        ("app_secret", &body.app_secret),
+        ("api_key", &body.api_key),
+        ("account_sid", &body.account_sid),
+        ("auth_token", &body.auth_token),
+        ("signing_key", &body.signing_key),
+    ];
+    let allowed = credential_names(&channel.provider);
+    let mut stored = 0;
+    for (name, value) in given {
+        if value.is_none() {
+            continue;
+        }
+        if !allowed.contains(&name) {
+            return Err(Error::validation(format!(
+                "{name} is not a credential of {} channels (expected {})",
+                channel.provider,
+                allowed.join(", ")
+            ))
+            .into());
+        }
+        let value = required(name, value)?;
+        state
+            .vault
+            .put_secret(&mut tx, &secret_purpose(channel.id, name), value)
+            .await?;
+        stored += 1;
+    }
+    if stored == 0 {
+        return Err(Error::validation("give at least one credential").into());
+    }
+    if channel.send_state == "credentials_invalid" {
+        tx.set_send_state(channel.id, "active", None).await?;
+    }
+    tx.audit(auth.event("secret.update", "channel", channel.id))
+        .await?;
+    tx.commit().await?;
+    let channel = {
+        let mut tx = state.store.tenant_read(auth.tenant()?).await?;
+        tx.get_channel(id).await?
+    };
+    Ok(Json(view(&state, &auth, channel).await?))
+}
+
+/// Resumes sending on a channel paused by Meta's spam or integrity signals (131048, 131042),
+/// once someone has looked at the number's quality.
+#[utoipa::path(post, path = "/api/v1/channels/{id}/resume", tag = "channels",
+    params(("id" = ChannelId, Path, description = "Channel id")),
+    responses((status = OK, body = ChannelView),
+        (status = CONFLICT, body = Problem, content_type = "application/problem+json"),
+        (status = NOT_FOUND, body = Problem, content_type = "application/problem+json")))]
+pub async fn resume_channel(
+    State(state): State<AppState>,
+    auth: Auth,
+    ApiPath(id): ApiPath<ChannelId>,
+) -> Result<Json<ChannelView>, ApiError> {
+    let mut tx = state.store.tenant(auth.tenant()?).await?;
+    let channel = tx.get_channel(id).await?;
+    match channel.send_state.as_str() {
+        "paused" => {}
+        "credentials_invalid" => {
+            return Err(Error::new(
+                ErrorCode::Conflict,
+                "the channel is held for invalid credentials: store new ones with PUT /credentials",
+            )
+            .into());
+        }
+        _ => return Err(Error::new(ErrorCode::Conflict, "the channel is not paused").into()),
+    }
+    tx.set_send_state(channel.id, "active", None).await?;
+    tx.audit(auth.event("channel.resume", "channel", channel.id))
+        .await?;
+    tx.commit().await?;
     let channel = {
         let mut tx = state.store.tenant_read(auth.tenant()?).await?;
         tx.get_channel(id).await?

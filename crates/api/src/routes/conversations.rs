@@ -18,7 +18,7 @@ fn redact_conversation(mut c: Conversation) -> Conversation {
     c
 }
 
-fn redact_message(mut m: StoredMessage) -> StoredMessage {
+pub(crate) fn redact_message(mut m: StoredMessage) -> StoredMessage {
     m.content = serde_json::json!({ "type": m.kind, "redacted": true });
     m.referral = m.referral.map(|_| serde_json::json!({ "redacted": true }));
     m

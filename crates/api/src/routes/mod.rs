@@ -5,9 +5,11 @@ pub mod channels;
 mod contacts;
 mod conversations;
 mod media;
+mod messages;
 mod operator;
 mod ops;
 mod settings;
+mod templates;
 mod tenant;
 mod webhooks;
 
@@ -47,6 +49,8 @@ use crate::{
         (name = "channels", description = "Connected WhatsApp numbers"),
         (name = "contacts", description = "Contacts and their consent history (reads are audited)"),
         (name = "conversations", description = "Threads and messages (reads are audited)"),
+        (name = "messages", description = "Sending: paced, exactly once, with idempotency keys"),
+        (name = "templates", description = "Message templates: sync, submit, preview"),
         (name = "webhooks", description = "Inbound provider webhooks, authenticated by signature")
     )
 )]
@@ -142,6 +146,17 @@ pub fn router() -> (axum::Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(operator::open_tenant))
         .routes(routes!(channels::list_channels, channels::create_channel))
         .routes(routes!(channels::get_channel))
+        .routes(routes!(channels::put_credentials))
+        .routes(routes!(channels::resume_channel))
+        .routes(routes!(templates::sync_templates))
+        .routes(routes!(templates::create_template))
+        .routes(routes!(templates::list_templates))
+        .routes(routes!(templates::get_template, templates::delete_template))
+        .routes(routes!(templates::preview_template))
+        .routes(routes!(messages::send_message))
+        .routes(routes!(messages::get_message))
+        .routes(routes!(messages::mark_read))
+        .routes(routes!(messages::upload_media))
         .routes(routes!(contacts::list_contacts, contacts::create_contact))
         .routes(routes!(
             contacts::get_contact,

@@ -27,6 +27,7 @@ async fn channel(store: &Store) -> (TenantId, ChannelId) {
                 phone_number_id: Some("106540352242922".into()),
                 waba_id: Some("102290129340398".into()),
                 display_number: Some("+15550783881".into()),
+                provider_account: None,
                 throughput_mps: 80,
                 graph_api_base_url: "https://graph.facebook.com".into(),
                 graph_api_version: "v25.0".into(),

@@ -131,6 +131,7 @@ async fn sends_obey_the_window_the_pair_rate_and_throughput_and_report_statuses(
     let (url, received) = receiver("sim-secret").await;
     let mut cfg = config(url);
     cfg.throughput_mps = 2;
+    cfg.pair_burst = 1;
     let (base, sim) = start(cfg).await;
     let client = reqwest::Client::new();
 

@@ -1,0 +1,320 @@
+use axum::{
+    Json,
+    body::Bytes,
+    extract::State,
+    http::{HeaderMap, HeaderValue, StatusCode, header},
+    response::{IntoResponse, Response},
+};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use waypost_core::{ChannelId, ContactId, Error, ErrorCode, MessageId};
+use waypost_outbound::{
+    OutboundContent, QueueRequest, Recipient,
+    jobs::mark_read_job,
+    provider::{ClientConfig, client_for, load_credentials},
+};
+use waypost_store::{LANE_BULK, LANE_TRANSACTIONAL, StoredMessage};
+
+use crate::{
+    ApiError, AppState,
+    auth::Auth,
+    problem::{ApiPath, ApiQuery, Problem},
+    routes::conversations::redact_message,
+};
+
+/// A message to send. The content fields are the Cloud API's: `type` plus the object of that
+/// type (`text`, `image`, `template`, ...).
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+pub struct SendMessage {
+    pub channel_id: ChannelId,
+    /// A phone number in E.164 or a business-scoped user id; or give `contact_id`.
+    pub to: Option<String>,
+    pub contact_id: Option<ContactId>,
+    #[serde(flatten)]
+    pub content: OutboundContent,
+    /// Reply to a message: `{"message_id": "<provider id>"}`.
+    pub context: Option<ReplyContext>,
+    /// Bulk traffic (campaigns) waits behind transactional sends on the same channel.
+    #[serde(default)]
+    pub bulk: bool,
+}
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+pub struct ReplyContext {
+    pub message_id: String,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct MessageAccepted {
+    pub id: MessageId,
+    /// `queued` when new; a replayed idempotency key shows the message's current status.
+    pub status: String,
+}
+
+const IDEMPOTENCY_HEADER: &str = "idempotency-key";
+
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Error> {
+    let Some(value) = headers.get(IDEMPOTENCY_HEADER) else {
+        return Ok(None);
+    };
+    let key = value
+        .to_str()
+        .ok()
+        .map(str::trim)
+        .filter(|k| !k.is_empty() && k.len() <= 255)
+        .ok_or_else(|| {
+            Error::new(
+                ErrorCode::InvalidRequest,
+                "Idempotency-Key must be 1 to 255 visible ASCII characters",
+            )
+        })?;
+    Ok(Some(key.to_string()))
+}
+
+fn parse_body(body: &[u8]) -> Result<SendMessage, Error> {
+    serde_json::from_slice(body).map_err(|e| {
+        let code = if e.is_data() {
+            ErrorCode::ValidationFailed
+        } else {
+            ErrorCode::InvalidRequest
+        };
+        Error::new(code, format!("the message could not be read: {e}"))
+    })
+}
+
+fn accepted(id: MessageId, status: String, replayed: bool) -> Response {
+    let mut response = (StatusCode::ACCEPTED, Json(MessageAccepted { id, status })).into_response();
+    if replayed && let Ok(v) = HeaderValue::from_str("true") {
+        response.headers_mut().insert("idempotent-replayed", v);
+    }
+    if let Ok(v) = HeaderValue::from_str(&format!("/api/v1/messages/{id}")) {
+        response.headers_mut().insert(header::LOCATION, v);
+    }
+    response
+}
+
+/// The first answer to an idempotency key, if the key was used in the last 24 hours.
+async fn replay(
+    state: &AppState,
+    auth: &Auth,
+    key: &str,
+    hash: &str,
+) -> Result<Option<Response>, ApiError> {
+    let mut tx = state.store.tenant_read(auth.tenant()?).await?;
+    let Some((stored_hash, id)) = tx.idempotent_message(key).await? else {
+        return Ok(None);
+    };
+    if stored_hash != hash {
+        return Err(Error::new(
+            ErrorCode::IdempotencyKeyReused,
+            "this Idempotency-Key was used with a different request in the last 24 hours",
+        )
+        .into());
+    }
+    let message = tx.get_message(id).await?;
+    Ok(Some(accepted(
+        id,
+        message.status.unwrap_or_else(|| "queued".into()),
+        true,
+    )))
+}
+
+/// Queues a message. Everything that could refuse it is checked first: the 24-hour window
+/// (`window_closed`), marketing consent (`contact_opted_out`), the template and its
+/// parameters (`template_invalid`), and the recipient. The message and its send job are
+/// written together; the answer is 202 and the status then follows the message (`queued`,
+/// `sending`, `accepted`, `sent`, `delivered`, `read`, or `failed` / `unknown`).
+///
+/// With an `Idempotency-Key` header the same key within 24 hours answers with the first
+/// message and never sends again (a different body with the same key is refused).
+#[utoipa::path(post, path = "/api/v1/messages", tag = "messages",
+    request_body = SendMessage,
+    params(("Idempotency-Key" = Option<String>, Header, description = "Makes retries safe for 24 hours")),
+    responses(
+        (status = ACCEPTED, body = MessageAccepted),
+        (status = UNPROCESSABLE_ENTITY, body = Problem, content_type = "application/problem+json"),
+        (status = NOT_FOUND, body = Problem, content_type = "application/problem+json")
+    ))]
+pub async fn send_message(
+    State(state): State<AppState>,
+    auth: Auth,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let key = idempotency_key(&headers)?;
+    let hash = hex::encode(Sha256::digest(&body));
+    if let Some(key) = &key
+        && let Some(response) = replay(&state, &auth, key, &hash).await?
+    {
+        return Ok(response);
+    }
+    let request = parse_body(&body)?;
+    let tenant = auth.tenant()?;
+    let mut tx = state.store.tenant(tenant).await?;
+    let channel = tx.get_channel(request.channel_id).await?;
+    let recipient = match (&request.to, request.contact_id) {
+        (Some(to), None) => Recipient::parse(to)?,
+        (None, Some(contact)) => {
+            let contact = tx.get_contact(contact).await?;
+            match (contact.phone, contact.bsuid) {
+                (Some(phone), _) => Recipient::parse(&phone)?,
+                (None, Some(bsuid)) => Recipient::Bsuid(bsuid),
+                (None, None) => {
+                    return Err(Error::validation("the contact has no number or user id").into());
+                }
+            }
+        }
+        _ => return Err(Error::validation("give exactly one of to or contact_id").into()),
+    };
+    let queued = waypost_outbound::queue(
+        &mut tx,
+        &channel,
+        QueueRequest {
+            recipient,
+            content: request.content,
+            reply_to: request.context.map(|c| c.message_id),
+            lane: if request.bulk {
+                LANE_BULK
+            } else {
+                LANE_TRANSACTIONAL
+            },
+            idempotency: key.clone().map(|k| (k, hash.clone())),
+        },
+    )
+    .await;
+    let committed = match queued {
+        Ok(id) => match tx.audit(auth.event("message.send", "message", id)).await {
+            Ok(_) => tx.commit().await.map(|()| id),
+            Err(err) => Err(err),
+        },
+        Err(err) => Err(err),
+    };
+    let id = match committed {
+        Ok(id) => id,
+        // Two requests raced with one key: the first one's answer is the answer.
+        Err(err) if err.code() == ErrorCode::Conflict && key.is_some() => {
+            let key = key.as_deref().unwrap_or_default();
+            return match replay(&state, &auth, key, &hash).await? {
+                Some(response) => Ok(response),
+                None => Err(err.into()),
+            };
+        }
+        Err(err) => return Err(err.into()),
+    };
+    if let Some(wake) = &state.dispatch_wake {
+        wake.notify_waiters();
+    }
+    Ok(accepted(id, "queued".into(), false))
+}
+
+/// One message with its current status (and the provider's error when it failed).
+#[utoipa::path(get, path = "/api/v1/messages/{id}", tag = "messages",
+    params(("id" = MessageId, Path, description = "Message id")),
+    responses((status = OK, body = StoredMessage), (status = NOT_FOUND, body = Problem, content_type = "application/problem+json")))]
+pub async fn get_message(
+    State(state): State<AppState>,
+    auth: Auth,
+    ApiPath(id): ApiPath<MessageId>,
+) -> Result<Json<StoredMessage>, ApiError> {
+    let tenant = auth.tenant()?;
+    let mut tx = state.store.tenant(tenant).await?;
+    let message = tx.get_message(id).await?;
+    tx.audit(auth.event("message.read", "message", id)).await?;
+    tx.commit().await?;
+    Ok(Json(if auth.unmasked {
+        message
+    } else {
+        redact_message(message)
+    }))
+}
+
+/// Marks an inbound message read (the customer sees blue ticks). Runs as a job: 202.
+#[utoipa::path(post, path = "/api/v1/messages/{id}/read", tag = "messages",
+    params(("id" = MessageId, Path, description = "An inbound message id")),
+    responses((status = ACCEPTED), (status = NOT_FOUND, body = Problem, content_type = "application/problem+json"),
+        (status = UNPROCESSABLE_ENTITY, body = Problem, content_type = "application/problem+json")))]
+pub async fn mark_read(
+    State(state): State<AppState>,
+    auth: Auth,
+    ApiPath(id): ApiPath<MessageId>,
+) -> Result<StatusCode, ApiError> {
+    let mut tx = state.store.tenant(auth.tenant()?).await?;
+    let message = tx.get_message(id).await?;
+    let provider_id = match (message.direction.as_str(), message.provider_message_id) {
+        ("inbound", Some(provider_id)) => provider_id,
+        _ => {
+            return Err(Error::validation("only inbound messages can be marked read").into());
+        }
+    };
+    let channel = tx.message_channel(id).await?;
+    tx.enqueue(mark_read_job(channel, provider_id)?).await?;
+    tx.audit(auth.event("message.mark_read", "message", id))
+        .await?;
+    tx.commit().await?;
+    if let Some(wake) = &state.worker_wake {
+        wake.notify_waiters();
+    }
+    Ok(StatusCode::ACCEPTED)
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct UploadQuery {
+    /// The channel whose provider stores the file.
+    pub channel_id: ChannelId,
+    pub filename: Option<String>,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Uploaded {
+    /// Use as `image.id`, `document.id`, ... in a send (valid 30 days at Meta).
+    pub id: String,
+}
+
+/// Uploads a file for sending: the request body is the file and `Content-Type` its type.
+#[utoipa::path(post, path = "/api/v1/media", tag = "messages",
+    params(UploadQuery),
+    request_body(content = Vec<u8>, content_type = "application/octet-stream"),
+    responses((status = CREATED, body = Uploaded),
+        (status = UNPROCESSABLE_ENTITY, body = Problem, content_type = "application/problem+json"),
+        (status = BAD_GATEWAY, body = Problem, content_type = "application/problem+json")))]
+pub async fn upload_media(
+    State(state): State<AppState>,
+    auth: Auth,
+    ApiQuery(query): ApiQuery<UploadQuery>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<(StatusCode, Json<Uploaded>), ApiError> {
+    let mime = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .filter(|m| m.contains('/') && !m.starts_with("application/x-www-form-urlencoded"))
+        .ok_or_else(|| Error::validation("Content-Type must be the file's media type"))?
+        .to_string();
+    if body.is_empty() {
+        return Err(Error::validation("the body must be the file").into());
+    }
+    let tenant = auth.tenant()?;
+    let (channel, credentials) = {
+        let mut tx = state.store.tenant_read(tenant).await?;
+        let channel = tx.get_channel(query.channel_id).await?;
+        let credentials = load_credentials(&mut tx, &state.vault, &channel).await?;
+        (channel, credentials)
+    };
+    let client = client_for(
+        &channel,
+        &credentials,
+        ClientConfig {
+            http: state.http.clone(),
+            status_callback: None,
+        },
+    )?;
+    let filename = query.filename.unwrap_or_else(|| "upload".into());
+    let id = client.upload_media(body.to_vec(), &mime, &filename).await?;
+    let mut tx = state.store.tenant(tenant).await?;
+    tx.audit(auth.event("media.upload", "channel", channel.id))
+        .await?;
+    tx.commit().await?;
+    Ok((StatusCode::CREATED, Json(Uploaded { id })))
+}
