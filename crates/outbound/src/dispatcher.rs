@@ -337,14 +337,23 @@ impl ChannelSender {
                         () = tokio::time::sleep_until(until.into()) => {}
                     }
                 }
-                // Claim roughly 100 ms of traffic: a crash leaves at most that much unknown.
-                let room = in_flight
-                    .available_permits()
-                    .min((mps as usize / 10).max(1));
+                // Tokens first, then the claim: every claimed row is called at once, so a
+                // crash leaves only calls really in flight as `unknown`.
+                let room = in_flight.available_permits().min(burst.get() as usize);
                 if room == 0 {
                     let permit = in_flight.clone().acquire_owned().await;
                     drop(permit);
                     continue;
+                }
+                let wanted =
+                    NonZeroU32::new(u32::try_from(room).unwrap_or(1)).unwrap_or(NonZeroU32::MIN);
+                tokio::select! {
+                    () = cancel.cancelled() => break,
+                    ready = bucket.until_n_ready(wanted) => {
+                        if ready.is_err() {
+                            continue;
+                        }
+                    }
                 }
                 let items = {
                     let mut tx = self.dispatcher.store.tenant(self.route.tenant).await?;
@@ -395,7 +404,6 @@ impl ChannelSender {
                         .await;
                         continue;
                     }
-                    bucket.until_ready().await;
                     let Ok(permit) = in_flight.clone().acquire_owned().await else {
                         break;
                     };

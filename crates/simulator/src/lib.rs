@@ -310,6 +310,18 @@ impl Simulator {
         status
     }
 
+    /// Like Meta, retries a webhook the receiver did not take (here for about a minute).
+    async fn deliver_with_retries(&self, phone_number_id: &str, value: &Value) {
+        let mut pause = Duration::from_millis(200);
+        for _ in 0..20 {
+            if self.deliver(phone_number_id, value).await == 200 {
+                return;
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_secs(5));
+        }
+    }
+
     fn envelope(&self, phone_number_id: &str, value: Value) -> Value {
         let (display, waba) = self
             .with(|i| {
@@ -499,7 +511,7 @@ impl Simulator {
                     json!({"billable": true, "pricing_model": "PMP", "category": "utility"});
             }
             let envelope = self.envelope(&phone_number_id, json!({"statuses": [object]}));
-            self.deliver(&phone_number_id, &envelope).await;
+            self.deliver_with_retries(&phone_number_id, &envelope).await;
         }
     }
 }
@@ -766,7 +778,7 @@ async fn create_template(
             "changes": [{"field": "message_template_status_update", "value": {"event": "APPROVED",
                 "message_template_id": template_id, "message_template_name": template_name,
                 "message_template_language": language, "reason": "NONE"}}]}]});
-        approver.deliver(&number, &envelope).await;
+        approver.deliver_with_retries(&number, &envelope).await;
     });
     Json(json!({"id": id, "status": "PENDING", "category": category})).into_response()
 }

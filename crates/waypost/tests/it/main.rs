@@ -7,5 +7,6 @@
 mod cli;
 mod identity;
 mod inbound;
+mod outbound;
 mod process;
 mod serve;
