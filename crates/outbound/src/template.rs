@@ -120,6 +120,18 @@ fn fill(
     Ok((rendered, params.len()))
 }
 
+/// The `index` of a send's button component (Meta documents a string; some clients send a
+/// number).
+fn button_index(component: &Value) -> Option<usize> {
+    if component.get("type").and_then(Value::as_str) != Some("button") {
+        return None;
+    }
+    match component.get("index")? {
+        Value::String(s) => s.parse().ok(),
+        other => other.as_u64().and_then(|n| usize::try_from(n).ok()),
+    }
+}
+
 /// A template rendered with its parameters.
 #[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Rendered {
@@ -193,13 +205,7 @@ pub fn render(template: &Template, send: &TemplateSend) -> Result<Rendered> {
     for (i, b) in template_buttons.iter().enumerate() {
         let text = b.get("text").and_then(Value::as_str).unwrap_or_default();
         let kind = b.get("type").and_then(Value::as_str).unwrap_or_default();
-        let given = send.components.iter().find(|c| {
-            c.get("type").and_then(Value::as_str) == Some("button")
-                && c.get("index").map(|v| match v {
-                    Value::String(s) => s.clone(),
-                    other => other.to_string(),
-                }) == Some(i.to_string())
-        });
+        let given = send.components.iter().find(|c| button_index(c) == Some(i));
         if kind.eq_ignore_ascii_case("URL")
             && b.get("url")
                 .and_then(Value::as_str)
@@ -218,19 +224,12 @@ pub fn render(template: &Template, send: &TemplateSend) -> Result<Rendered> {
         }
     }
     for c in &send.components {
-        if c.get("type").and_then(Value::as_str) == Some("button") {
-            let index = c
-                .get("index")
-                .map(|v| match v {
-                    Value::String(s) => s.parse::<usize>().ok(),
-                    other => other.as_u64().and_then(|n| usize::try_from(n).ok()),
-                })
-                .flatten();
-            if index.is_none_or(|i| i >= template_buttons.len()) {
-                return Err(invalid(
-                    "a button parameter names a button the template lacks",
-                ));
-            }
+        if c.get("type").and_then(Value::as_str) == Some("button")
+            && button_index(c).is_none_or(|i| i >= template_buttons.len())
+        {
+            return Err(invalid(
+                "a button parameter names a button the template lacks",
+            ));
         }
     }
     Ok(Rendered {
