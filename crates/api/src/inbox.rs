@@ -118,6 +118,9 @@ async fn run(store: Store, mut rx: mpsc::Receiver<Pending>) {
     }
 }
 
+/// Webhooks processed per `inbound.process` job.
+const PROCESS_BATCH: usize = 32;
+
 async fn write(store: &Store, tenant: TenantId, items: &[Pending]) -> Result<(), Error> {
     let mut tx = store.tenant(tenant).await?;
     let bodies: Vec<_> = items
@@ -125,9 +128,11 @@ async fn write(store: &Store, tenant: TenantId, items: &[Pending]) -> Result<(),
         .map(|i| (i.route.channel, i.provider, i.body.as_ref()))
         .collect();
     let ids = tx.store_webhooks(&bodies).await?;
+    // Small enough that processing one job never holds the (SQLite) writer for long, large
+    // enough that a flood of statuses costs few jobs.
     let jobs = ids
-        .into_iter()
-        .map(waypost_inbound::process_job)
+        .chunks(PROCESS_BATCH)
+        .map(|chunk| waypost_inbound::process_job(chunk.to_vec()))
         .collect::<Result<Vec<_>, _>>()?;
     tx.enqueue_many(jobs).await?;
     tx.commit().await

@@ -20,15 +20,36 @@ use waypost_store::{
 
 pub const PROCESS_KIND: &str = "inbound.process";
 
-/// The job payload: which inbox entry to process (ids only, never content).
+/// The job payload: which inbox entries to process (ids only, never content).
 #[derive(Debug, Serialize, Deserialize)]
 pub struct ProcessInbox {
-    pub inbox_id: InboxId,
+    /// Jobs queued before batching carry one id here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inbox_id: Option<InboxId>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub inbox_ids: Vec<InboxId>,
 }
 
-/// The job that processes one stored webhook, to enqueue in the transaction that stored it.
-pub fn process_job(inbox_id: InboxId) -> Result<NewJob, Error> {
-    NewJob::new(PROCESS_KIND, ProcessInbox { inbox_id })
+impl ProcessInbox {
+    fn ids(&self) -> Vec<InboxId> {
+        self.inbox_id
+            .into_iter()
+            .chain(self.inbox_ids.iter().copied())
+            .collect()
+    }
+}
+
+/// The job that processes stored webhooks, to enqueue in the transaction that stored them.
+/// One job per group commit: a flood of status webhooks costs one job per batch, not one
+/// per webhook.
+pub fn process_job(inbox_ids: Vec<InboxId>) -> Result<NewJob, Error> {
+    NewJob::new(
+        PROCESS_KIND,
+        ProcessInbox {
+            inbox_id: None,
+            inbox_ids,
+        },
+    )
 }
 
 /// What processing one body did (for logs and tests).
@@ -392,10 +413,35 @@ impl Handler for ProcessInboxHandler {
             .job()
             .tenant_id
             .ok_or_else(|| JobError::Permanent("inbound job without a tenant".into()))?;
+        let ids = job.ids();
         let mut tx = ctx.store().tenant(tenant).await?;
-        let processed = process(&mut tx, job.inbox_id).await?;
-        ctx.complete_with(tx).await?;
-        tracing::debug!(inbox = %job.inbox_id, ?processed, "webhook processed");
+        let mut failure = None;
+        for id in &ids {
+            match process(&mut tx, *id).await {
+                Ok(processed) => tracing::debug!(inbox = %id, ?processed, "webhook processed"),
+                Err(err) => {
+                    failure = Some(err);
+                    break;
+                }
+            }
+        }
+        match failure {
+            None => ctx.complete_with(tx).await?,
+            // One bad body must not hold the others back: the batch is split into one job
+            // per webhook, so only the bad one fails (and is dead-lettered for a look).
+            Some(err) if ids.len() > 1 && err.code() == ErrorCode::ValidationFailed => {
+                drop(tx);
+                tracing::warn!(error = %err, batch = ids.len(), "splitting a webhook batch");
+                let mut tx = ctx.store().tenant(tenant).await?;
+                let singles = ids
+                    .iter()
+                    .map(|id| process_job(vec![*id]))
+                    .collect::<Result<Vec<_>, _>>()?;
+                tx.enqueue_many(singles).await?;
+                ctx.complete_with(tx).await?;
+            }
+            Some(err) => return Err(err.into()),
+        }
         Ok(())
     }
 }

@@ -469,16 +469,22 @@ impl Tx<Tenant> {
         Ok(at.flatten().map(Timestamp::from_millis))
     }
 
-    /// Ready rows waiting on a channel (for metrics and tests).
-    pub async fn outbox_depth(&mut self, channel: ChannelId) -> Result<i64> {
+    /// Outbound messages of a channel by status (for dashboards and benchmarks).
+    pub async fn outbound_status_counts(
+        &mut self,
+        channel: ChannelId,
+    ) -> Result<Vec<(String, i64)>> {
         let tenant = self.tenant();
         on_conn!(&mut self.conn, |c| {
-            sqlx::query_scalar::<_, i64>(
-                "SELECT COUNT(*) FROM outbox WHERE tenant_id = $1 AND channel_id = $2",
+            sqlx::query_as::<_, (String, i64)>(
+                "SELECT COALESCE(m.status, ''), COUNT(*) FROM messages m JOIN conversations v \
+                 ON v.tenant_id = m.tenant_id AND v.id = m.conversation_id \
+                 WHERE m.tenant_id = $1 AND v.channel_id = $2 AND m.direction = 'outbound' \
+                 GROUP BY m.status ORDER BY 1",
             )
             .bind(tenant.as_uuid())
             .bind(channel.as_uuid())
-            .fetch_one(c)
+            .fetch_all(c)
             .await
         })
         .map_err(db_error)
