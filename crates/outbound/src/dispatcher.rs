@@ -284,6 +284,7 @@ impl ChannelSender {
             hold_until: Mutex::new(None),
             stopped: std::sync::atomic::AtomicBool::new(false),
         });
+        let mut paced: Option<(u32, Limiter)> = None;
         let mut last_expiry = Instant::now()
             .checked_sub(Duration::from_secs(3600))
             .unwrap_or_else(Instant::now);
@@ -315,10 +316,15 @@ impl ChannelSender {
             // A tenth of a second of burst: a claim delayed by a busy database catches up,
             // and no one-second window ever carries more than 1.1 times the rate.
             let burst = NonZeroU32::new((mps / 10).max(1)).unwrap_or(NonZeroU32::MIN);
-            let bucket: Arc<Limiter> = Arc::new(RateLimiter::direct(
-                Quota::per_second(NonZeroU32::new(mps).unwrap_or(NonZeroU32::MIN))
-                    .allow_burst(burst),
-            ));
+            // Kept across reloads: a fresh bucket would grant a fresh burst every time.
+            if paced.as_ref().is_none_or(|(rate, _)| *rate != mps) {
+                let quota = Quota::per_second(NonZeroU32::new(mps).unwrap_or(NonZeroU32::MIN))
+                    .allow_burst(burst);
+                paced = Some((mps, RateLimiter::direct(quota)));
+            }
+            let Some((_, bucket)) = paced.as_ref() else {
+                continue;
+            };
             if last_expiry.elapsed() > Duration::from_secs(60) {
                 let mut tx = self.dispatcher.store.tenant(self.route.tenant).await?;
                 tx.expire_unknown(channel.id, Timestamp::now().minus(config.unknown_expiry))
