@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use waypost_core::{ContactId, Error, ErrorCode, InboxId, MessageId, Timestamp};
 use waypost_jobs::{Handler, JobContext, JobError};
-use waypost_outbound::{OutboundContent, QueueRequest, Recipient};
+use waypost_outbound::{OutboundContent, QueueRequest, Recipient, provider::explain};
 use waypost_providers::{
     InboundEvent, InboundMessage, MessageContent, StatusUpdate, UserRef, bird, gupshup, meta,
     twilio,
@@ -191,7 +191,7 @@ pub async fn process(tx: &mut Tx<TenantScope>, inbox_id: InboxId) -> Result<Proc
                 done.other_events += 1;
             }
             InboundEvent::Status(status) => {
-                apply_status(tx, entry.channel_id, &status).await?;
+                apply_status(tx, entry.channel_id, &entry.provider, &status).await?;
                 done.statuses += 1;
             }
             InboundEvent::Template(update) => {
@@ -298,6 +298,7 @@ async fn store_message(
 async fn apply_status(
     tx: &mut Tx<TenantScope>,
     channel: waypost_core::ChannelId,
+    provider: &str,
     status: &StatusUpdate,
 ) -> Result<(), Error> {
     // A status outside sent < delivered < read < played < failed is kept, not applied.
@@ -334,10 +335,16 @@ async fn apply_status(
         )
         .await?;
     }
-    let error = (!status.errors.is_empty())
-        .then(|| serde_json::to_value(&status.errors))
-        .transpose()
-        .map_err(|e| Error::internal("serializing status errors", e))?;
+    // The same shape as a refused send: the first error, explained, and all of them.
+    let error = status.errors.first().map(|first| {
+        serde_json::json!({
+            "provider": provider,
+            "code": first.code,
+            "message": first.details.clone().or_else(|| first.message.clone()),
+            "explanation": explain(provider, first.code),
+            "errors": status.errors,
+        })
+    });
     tx.apply_status(&StatusChange {
         provider_message_id: status.provider_message_id.clone(),
         status: name,
@@ -358,7 +365,7 @@ async fn confirm(
     reply: &str,
 ) -> Result<(), Error> {
     let recipient = match (&to.wa_id, &to.bsuid) {
-        (Some(wa_id), _) => Recipient::parse(&format!("+{wa_id}")),
+        (Some(wa_id), _) => Ok(Recipient::WaId(wa_id.clone())),
         (None, Some(bsuid)) => Recipient::parse(bsuid),
         (None, None) => return Ok(()),
     };

@@ -20,11 +20,30 @@ pub struct OutboxPayload {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Recipient {
     Phone(PhoneNumber),
+    /// A WhatsApp id a contact already has (digits, as WhatsApp reported them): trusted even
+    /// when no numbering plan knows it, because WhatsApp itself delivered from it.
+    WaId(String),
     /// A business-scoped user id, e.g. `US.13491208655302741918`.
     Bsuid(String),
 }
 
 impl Recipient {
+    /// `to` as given: a number in E.164 or a business-scoped user id; else the WhatsApp id of a
+    /// contact the tenant already has.
+    pub async fn resolve(tx: &mut Tx<TenantScope>, value: &str) -> Result<Self> {
+        match Self::parse(value) {
+            Ok(recipient) => Ok(recipient),
+            Err(err) => {
+                let digits = value.trim().trim_start_matches('+');
+                if tx.contact_by_wa_id(digits).await?.is_some() {
+                    Ok(Self::WaId(digits.to_string()))
+                } else {
+                    Err(err)
+                }
+            }
+        }
+    }
+
     /// A number in E.164 (`+15551234567`) or a business-scoped user id.
     pub fn parse(value: &str) -> Result<Self> {
         let value = value.trim();
@@ -49,6 +68,7 @@ impl Recipient {
     pub fn address(&self) -> String {
         match self {
             Self::Phone(p) => p.as_e164().to_string(),
+            Self::WaId(digits) => format!("+{digits}"),
             Self::Bsuid(b) => b.clone(),
         }
     }
@@ -58,6 +78,11 @@ impl Recipient {
             Self::Phone(p) => ContactIdentity {
                 wa_id: Some(p.as_e164().trim_start_matches('+').to_string()),
                 phone_e164: Some(p.as_e164().to_string()),
+                ..Default::default()
+            },
+            Self::WaId(digits) => ContactIdentity {
+                wa_id: Some(digits.clone()),
+                phone_e164: Some(format!("+{digits}")),
                 ..Default::default()
             },
             Self::Bsuid(b) => ContactIdentity {

@@ -246,6 +246,22 @@ impl Tx<Tenant> {
         Ok(())
     }
 
+    /// The contact with this WhatsApp id, if any.
+    pub async fn contact_by_wa_id(&mut self, wa_id: &str) -> Result<Option<ContactId>> {
+        let tenant = self.tenant();
+        let id = on_conn!(&mut self.conn, |c| {
+            sqlx::query_scalar::<_, Uuid>(
+                "SELECT id FROM contacts WHERE tenant_id = $1 AND wa_id = $2",
+            )
+            .bind(tenant.as_uuid())
+            .bind(wa_id)
+            .fetch_optional(c)
+            .await
+        })
+        .map_err(db_error)?;
+        Ok(id.map(ContactId::from_uuid))
+    }
+
     /// Appends to a contact's consent history.
     pub async fn record_consent(
         &mut self,

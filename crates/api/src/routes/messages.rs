@@ -153,13 +153,14 @@ pub async fn send_message(
     let mut tx = state.store.tenant(tenant).await?;
     let channel = tx.get_channel(request.channel_id).await?;
     let recipient = match (&request.to, request.contact_id) {
-        (Some(to), None) => Recipient::parse(to)?,
+        (Some(to), None) => Recipient::resolve(&mut tx, to).await?,
         (None, Some(contact)) => {
             let contact = tx.get_contact(contact).await?;
-            match (contact.phone, contact.bsuid) {
-                (Some(phone), _) => Recipient::parse(&phone)?,
-                (None, Some(bsuid)) => Recipient::Bsuid(bsuid),
-                (None, None) => {
+            match (contact.wa_id, contact.phone, contact.bsuid) {
+                (Some(wa_id), _, _) => Recipient::WaId(wa_id),
+                (None, Some(phone), _) => Recipient::parse(&phone)?,
+                (None, None, Some(bsuid)) => Recipient::Bsuid(bsuid),
+                (None, None, None) => {
                     return Err(Error::validation("the contact has no number or user id").into());
                 }
             }

@@ -748,6 +748,39 @@ async fn the_first_run_demo_shows_simulated_customers_writing_in() {
         .unwrap();
     assert_eq!(channels["data"][0]["name"], "Demo number (simulated)");
 
+    // The README's reply goes out through the in-process simulator and comes back read.
+    let sent: Value = client
+        .post(server.url("/api/v1/messages"))
+        .bearer_auth(&key)
+        .json(&json!({"channel_id": channels["data"][0]["id"], "to": "+15550100001", "type": "text", "text": {"body": "Hi!"}}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = sent["id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{sent}"))
+        .to_string();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let message: Value = client
+            .get(server.url(&format!("/api/v1/messages/{id}")))
+            .bearer_auth(&key)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if message["status"] == "read" {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{message}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
     let base = server.base.clone().unwrap();
     let out = crate::process::run(
         &scratch.0,

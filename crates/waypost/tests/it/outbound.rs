@@ -908,3 +908,101 @@ async fn two_processes_share_a_channel_and_the_survivor_takes_it_over() {
         drop(other_scratch);
     }
 }
+
+#[tokio::test]
+async fn transactional_sends_overtake_bulk_traffic_on_a_busy_channel() {
+    let db = &test_databases().await[0];
+    let sim_config = SimulatorConfig {
+        throughput_mps: 20,
+        ..SimulatorConfig::default()
+    };
+    let rig = Rig::start(&db.url, 20, sim_config, &[]).await;
+    // Three seconds of campaign traffic queued first...
+    for n in 0..60 {
+        let mut body = template("hello_world", &[]);
+        body["to"] = json!(format!("+1415555{:04}", 5000 + n));
+        body["bulk"] = json!(true);
+        assert_eq!(rig.send(body).await.0, 202);
+    }
+    // ...then one order confirmation: it goes out next, not after the campaign.
+    let mut body = template("order_update", &["A-17", "confirmed"]);
+    body["to"] = json!("+14155555999");
+    let id = rig.send(body).await.1["id"].as_str().unwrap().to_string();
+    rig.wait_status(&id, &["accepted", "sent", "delivered", "read"])
+        .await;
+    let ahead = rig.sim.stats().accepted;
+    assert!(ahead < 20, "{ahead} bulk messages went first");
+    wait_accepted(&rig.sim, 61, Duration::from_secs(20)).await;
+}
+
+#[tokio::test]
+async fn a_failure_reported_later_by_webhook_is_explained_and_confirmations_are_sent() {
+    let db = &test_databases().await[0];
+    let sim_config = SimulatorConfig {
+        failure_rate: 1.0,
+        failure_code: 131_026,
+        ..SimulatorConfig::default()
+    };
+    let rig = Rig::start(&db.url, 80, sim_config, &[]).await;
+    let mut body = template("hello_world", &[]);
+    body["to"] = json!("+14155550142");
+    let id = rig.send(body).await.1["id"].as_str().unwrap().to_string();
+    let failed = rig.wait_status(&id, &["failed"]).await;
+    assert_eq!(failed["error"]["code"], 131_026, "{failed}");
+    assert!(
+        failed["error"]["explanation"]
+            .as_str()
+            .unwrap()
+            .contains("WhatsApp")
+    );
+
+    // A tenant's confirmation reply to STOP is queued with the opt-out and sent.
+    let resp = rig
+        .client
+        .put(rig.server().url("/api/v1/settings/consent"))
+        .bearer_auth(&rig.key)
+        .json(
+            &json!({"opt_out_keywords": ["STOP"], "opt_in_keywords": ["START"],
+            "confirmation_reply": "You will get no more offers. Reply START to undo."}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    rig.customer_writes("14155550143", "STOP").await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let accepted = rig.sim.stats().accepted;
+        if accepted >= 2 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no confirmation sent"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let conversations = rig.get("/api/v1/conversations").await;
+    let conversation = conversations["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["contact_wa_id"] == "14155550143")
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let messages = rig
+        .get(&format!("/api/v1/conversations/{conversation}/messages"))
+        .await;
+    let reply = messages["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["direction"] == "outbound")
+        .unwrap();
+    assert_eq!(
+        reply["content"]["text"]["body"],
+        "You will get no more offers. Reply START to undo."
+    );
+}
