@@ -85,6 +85,7 @@ impl Handler for AuditRetention {
                 |d: i64| Duration::from_secs(u64::try_from(d).unwrap_or(0).saturating_mul(86_400));
             tx.prune_inbox(now.minus(days(settings.raw_payload_retention_days)))
                 .await?;
+            tx.prune_idempotency_keys().await?;
             let before = now.minus(days(settings.audit_retention_days));
             let pruned = tx.prune_audit(before).await?;
             if pruned > 0 {

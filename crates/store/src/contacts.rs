@@ -226,7 +226,14 @@ impl Tx<Tenant> {
     pub async fn delete_contact(&mut self, id: ContactId) -> Result<()> {
         let tenant = self.tenant();
         self.get_contact(id).await?;
+        // Unsent messages go too: an erased contact is never messaged again.
         for sql in [
+            "DELETE FROM outbox WHERE tenant_id = $1 AND message_id IN (SELECT id FROM messages \
+             WHERE tenant_id = $1 AND conversation_id IN \
+             (SELECT id FROM conversations WHERE tenant_id = $1 AND contact_id = $2))",
+            "DELETE FROM idempotency_keys WHERE tenant_id = $1 AND message_id IN (SELECT id FROM messages \
+             WHERE tenant_id = $1 AND conversation_id IN \
+             (SELECT id FROM conversations WHERE tenant_id = $1 AND contact_id = $2))",
             "DELETE FROM messages WHERE tenant_id = $1 AND conversation_id IN \
              (SELECT id FROM conversations WHERE tenant_id = $1 AND contact_id = $2)",
             "DELETE FROM conversations WHERE tenant_id = $1 AND contact_id = $2",

@@ -89,6 +89,21 @@ impl Tx<Tenant> {
         Ok(row.map(|(hash, id)| (hash, MessageId::from_uuid(id))))
     }
 
+    /// Deletes idempotency keys older than their 24 hours (they answer nothing any more).
+    pub async fn prune_idempotency_keys(&mut self) -> Result<u64> {
+        let tenant = self.tenant();
+        let before = Timestamp::now().as_millis() - IDEMPOTENCY_WINDOW_MS;
+        on_conn!(&mut self.conn, |c| {
+            sqlx::query("DELETE FROM idempotency_keys WHERE tenant_id = $1 AND created_at <= $2")
+                .bind(tenant.as_uuid())
+                .bind(before)
+                .execute(c)
+                .await
+                .map(|r| r.rows_affected())
+        })
+        .map_err(db_error)
+    }
+
     /// Writes a queued outbound message and its outbox row (and idempotency key) together.
     pub async fn insert_outbound_message(&mut self, m: NewOutboundMessage) -> Result<MessageId> {
         let tenant = self.tenant();

@@ -158,3 +158,153 @@ async fn api_keys_round_trip_paginate_and_revoke() {
         );
     }
 }
+
+/// The outbox contract: claims need the channel's lease, record the attempt, and another
+/// holder's unfinished attempts become `unknown` until a status reconciles them.
+#[tokio::test]
+async fn the_outbox_claims_under_a_lease_and_never_repeats_an_attempt() {
+    use waypost_store::{
+        ContactIdentity, LANE_BULK, LANE_TRANSACTIONAL, NewChannel, NewOutboundMessage, SendOutcome,
+    };
+    for db in test_databases().await {
+        let store = db.store().await;
+        let mut tx = store.platform().await.unwrap();
+        let tenant = tx.create_tenant("Outbox").await.unwrap().id;
+        let (mut tx, channel) = tx
+            .create_channel(
+                tenant,
+                NewChannel {
+                    provider: "meta".into(),
+                    name: "Main".into(),
+                    phone_number_id: Some("1061".into()),
+                    waba_id: None,
+                    display_number: None,
+                    provider_account: None,
+                    throughput_mps: 80,
+                    graph_api_base_url: "http://127.0.0.1:1".into(),
+                    graph_api_version: "v25.0".into(),
+                },
+            )
+            .await
+            .unwrap();
+        let contact = tx
+            .upsert_contact(&ContactIdentity {
+                wa_id: Some("14155550100".into()),
+                ..ContactIdentity::default()
+            })
+            .await
+            .unwrap();
+        let conversation = tx
+            .touch_conversation(channel.id, contact, None)
+            .await
+            .unwrap();
+        let queue = |lane, key: Option<&str>| NewOutboundMessage {
+            channel_id: channel.id,
+            conversation_id: conversation,
+            recipient: "+14155550100".into(),
+            kind: "text".into(),
+            content: serde_json::json!({"type": "text", "text": {"body": "hi"}}),
+            payload: serde_json::json!({"content": {"type": "text", "text": {"body": "hi"}}}),
+            reply_to: None,
+            category: "service".into(),
+            lane,
+            idempotency: key.map(|k| (k.to_string(), "hash".to_string())),
+        };
+        let bulk = tx
+            .insert_outbound_message(queue(LANE_BULK, None))
+            .await
+            .unwrap();
+        let urgent = tx
+            .insert_outbound_message(queue(LANE_TRANSACTIONAL, Some("k1")))
+            .await
+            .unwrap();
+        assert_eq!(
+            tx.idempotent_message("k1").await.unwrap(),
+            Some(("hash".to_string(), urgent))
+        );
+        // Without the lease nothing is claimed.
+        assert!(
+            tx.claim_outbox(channel.id, "p1", "p1#a", 10)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        tx.commit().await.unwrap();
+
+        let mut platform = store.platform().await.unwrap();
+        let until = Timestamp::now().plus(std::time::Duration::from_secs(10));
+        assert_eq!(
+            platform
+                .acquire_dispatch_leases("p1", until)
+                .await
+                .unwrap()
+                .len(),
+            1
+        );
+        // Another process cannot take a live lease.
+        assert!(
+            platform
+                .acquire_dispatch_leases("p2", until)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        platform.commit().await.unwrap();
+
+        let mut tx = store.tenant(tenant).await.unwrap();
+        let claimed = tx.claim_outbox(channel.id, "p1", "p1#a", 1).await.unwrap();
+        assert_eq!(claimed.len(), 1);
+        assert_eq!(claimed[0].message_id, urgent, "transactional before bulk");
+        assert_eq!(
+            tx.get_message(urgent).await.unwrap().status.as_deref(),
+            Some("sending")
+        );
+        // Claimed rows are not claimed again.
+        let second = tx.claim_outbox(channel.id, "p1", "p1#a", 10).await.unwrap();
+        assert_eq!(
+            second.iter().map(|i| i.message_id).collect::<Vec<_>>(),
+            vec![bulk]
+        );
+        // A new sender (the old one died) reports the first one's attempts as unknown.
+        assert_eq!(tx.recover_in_flight(channel.id, "p1#b").await.unwrap(), 2);
+        assert_eq!(
+            tx.get_message(bulk).await.unwrap().status.as_deref(),
+            Some("unknown")
+        );
+        assert!(
+            tx.claim_outbox(channel.id, "p1", "p1#b", 10)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        // The provider's status webhook echoes our id: the message is reconciled, once.
+        assert!(tx.reconcile_outbound(bulk, "wamid.B").await.unwrap());
+        assert!(!tx.reconcile_outbound(bulk, "wamid.C").await.unwrap());
+        let reconciled = tx.get_message(bulk).await.unwrap();
+        assert_eq!(
+            (
+                reconciled.provider_message_id.as_deref(),
+                reconciled.status.as_deref()
+            ),
+            (Some("wamid.B"), Some("accepted"))
+        );
+        // The old sender's late answer is a definite outcome: it settles the unknown too.
+        tx.record_send_outcomes(&[(
+            urgent,
+            SendOutcome::Accepted {
+                provider_message_id: "wamid.U".into(),
+            },
+        )])
+        .await
+        .unwrap();
+        let settled = tx.get_message(urgent).await.unwrap();
+        assert_eq!(
+            (
+                settled.provider_message_id.as_deref(),
+                settled.status.as_deref()
+            ),
+            (Some("wamid.U"), Some("accepted"))
+        );
+        tx.commit().await.unwrap();
+    }
+}

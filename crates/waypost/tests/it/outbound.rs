@@ -738,6 +738,49 @@ async fn meta_signals_fail_pause_or_hold_the_channel() {
         )
         .await;
     assert_eq!((status, problem["code"].as_str()), (409, Some("conflict")));
+
+    // Erasing a contact while its message waits on a paused channel drops the message.
+    rig.sim.inject_faults(&[131_048]);
+    let mut body = template("hello_world", &[]);
+    body["to"] = to(3005);
+    let first = rig.send(body).await.1["id"].as_str().unwrap().to_string();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while rig.channel_state().await != "paused" {
+        assert!(tokio::time::Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut body = template("hello_world", &[]);
+    body["to"] = to(3006);
+    let doomed = rig.send(body).await.1["id"].as_str().unwrap().to_string();
+    let contacts = rig.get("/api/v1/contacts?search=%2B14155553006").await;
+    let contact = contacts["data"][0]["id"].as_str().unwrap().to_string();
+    let erased = rig
+        .client
+        .delete(rig.server().url(&format!("/api/v1/contacts/{contact}")))
+        .bearer_auth(&rig.key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(erased.status(), 204);
+    let (status, _) = rig
+        .post(
+            &format!("/api/v1/channels/{}/resume", rig.channel),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    rig.wait_status(&first, &["sent", "delivered", "read"])
+        .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!rig.sim.stats().by_callback_data.contains_key(&doomed));
+    let gone = rig
+        .client
+        .get(rig.server().url(&format!("/api/v1/messages/{doomed}")))
+        .bearer_auth(&rig.key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(gone.status(), 404);
     assert!(duplicates(&rig.sim.stats()).is_empty());
 }
 
