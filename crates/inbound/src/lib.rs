@@ -8,7 +8,9 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use waypost_core::{ContactId, Error, ErrorCode, InboxId, MessageId, Timestamp};
 use waypost_jobs::{Handler, JobContext, JobError};
-use waypost_outbound::{OutboundContent, QueueRequest, Recipient, provider::explain};
+use waypost_outbound::{
+    OutboundContent, QueueRequest, Recipient, provider::explain, send::record_marketing_stop,
+};
 use waypost_providers::{
     InboundEvent, InboundMessage, MessageContent, StatusUpdate, UserRef, bird, gupshup, meta,
     twilio,
@@ -323,6 +325,10 @@ async fn apply_status(
     // 131050: the user stopped marketing messages; record it as their choice.
     if status.errors.iter().any(|e| e.code == Some(131_050)) && status.recipient.is_identified() {
         let contact = tx.upsert_contact(&identity(&status.recipient)).await?;
+        let at = status
+            .at_ms
+            .map_or_else(Timestamp::now, Timestamp::from_millis);
+        record_marketing_stop(tx, contact, at).await?;
         tx.record_consent(
             contact,
             MARKETING,

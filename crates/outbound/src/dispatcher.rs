@@ -18,10 +18,8 @@ use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLim
 use serde_json::json;
 use tokio::sync::{Notify, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
-use waypost_core::{ChannelId, ContactId, MessageId, Result, Timestamp};
-use waypost_store::{
-    Channel, ChannelRoute, MARKETING, OutboxItem, SendOutcome, Store, TenantScope, Tx,
-};
+use waypost_core::{ChannelId, ErrorCode, MessageId, Result, Timestamp};
+use waypost_store::{Channel, ChannelRoute, OutboxItem, SendOutcome, Store, TenantScope, Tx};
 use waypost_vault::Vault;
 
 use crate::{
@@ -29,7 +27,7 @@ use crate::{
         Attempt, ClientConfig, Credentials, Provider, Reaction, SendRequest, client_for,
         load_credentials, react,
     },
-    send::OutboxPayload,
+    send::{OutboxPayload, record_marketing_stop},
 };
 
 #[derive(Debug, Clone)]
@@ -663,21 +661,12 @@ async fn write_batch(store: &Store, route: ChannelRoute, batch: &[Outcome]) -> R
 async fn apply_effect(tx: &mut Tx<TenantScope>, channel: ChannelId, o: &Outcome) -> Result<()> {
     match &o.effect {
         Effect::None => Ok(()),
-        Effect::OptOut => {
-            let contact: Option<ContactId> = tx.message_contact(o.message).await?;
-            if let Some(contact) = contact {
-                tx.record_consent(
-                    contact,
-                    MARKETING,
-                    "opt_out",
-                    "meta_signal",
-                    Some("error 131050: the user stopped marketing messages"),
-                    Timestamp::now(),
-                )
-                .await?;
-            }
-            Ok(())
-        }
+        Effect::OptOut => match tx.message_route(o.message).await {
+            Ok((_, contact)) => record_marketing_stop(tx, contact, Timestamp::now()).await,
+            // Erased meanwhile: there is no one left to record it for.
+            Err(err) if err.code() == ErrorCode::NotFound => Ok(()),
+            Err(err) => Err(err),
+        },
         Effect::SendState(state, reason) => {
             tracing::error!(%channel, state, reason, "channel sending stopped; it needs attention");
             metrics::counter!("waypost_channel_alerts_total", "state" => *state).increment(1);

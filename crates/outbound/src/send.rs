@@ -2,7 +2,7 @@
 //! its outbox row are written in the caller's transaction.
 
 use serde::{Deserialize, Serialize};
-use waypost_core::{Error, ErrorCode, MessageId, PhoneNumber, Result, Timestamp};
+use waypost_core::{ContactId, Error, ErrorCode, MessageId, PhoneNumber, Result, Timestamp};
 use waypost_store::{Channel, ContactIdentity, MARKETING, NewOutboundMessage, TenantScope, Tx};
 
 use crate::{message::OutboundContent, provider::supports, template};
@@ -99,6 +99,24 @@ pub struct QueueRequest {
     pub reply_to: Option<String>,
     pub lane: i64,
     pub idempotency: Option<(String, String)>,
+}
+
+/// Records Meta's 131050 ("the user stopped marketing messages") as the contact's own
+/// marketing opt-out, whether it came as a send's answer or in a status webhook.
+pub async fn record_marketing_stop(
+    tx: &mut Tx<TenantScope>,
+    contact: ContactId,
+    at: Timestamp,
+) -> Result<()> {
+    tx.record_consent(
+        contact,
+        MARKETING,
+        "opt_out",
+        "meta_signal",
+        Some("error 131050: the user stopped marketing messages"),
+        at,
+    )
+    .await
 }
 
 /// Checks a message against the window, consent and the template, then queues it in `tx`.

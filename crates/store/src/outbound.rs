@@ -505,6 +505,28 @@ impl Tx<Tenant> {
         .map_err(db_error)
     }
 
+    /// The channel and contact of a message (through its conversation).
+    pub async fn message_route(&mut self, id: MessageId) -> Result<(ChannelId, ContactId)> {
+        let tenant = self.tenant();
+        let route = on_conn!(&mut self.conn, |c| {
+            sqlx::query_as::<_, (Uuid, Uuid)>(
+                "SELECT v.channel_id, v.contact_id FROM messages m JOIN conversations v \
+                 ON v.tenant_id = m.tenant_id AND v.id = m.conversation_id \
+                 WHERE m.tenant_id = $1 AND m.id = $2",
+            )
+            .bind(tenant.as_uuid())
+            .bind(id.as_uuid())
+            .fetch_optional(c)
+            .await
+        })
+        .map_err(db_error)?;
+        route
+            .map(|(channel, contact)| {
+                (ChannelId::from_uuid(channel), ContactId::from_uuid(contact))
+            })
+            .ok_or_else(|| Error::not_found("message"))
+    }
+
     /// Holds or releases a channel's sending (`active`, `paused`, `credentials_invalid`).
     pub async fn set_send_state(
         &mut self,
@@ -538,44 +560,6 @@ impl Tx<Tenant> {
             return Err(Error::not_found("channel"));
         }
         Ok(())
-    }
-
-    /// The channel a message belongs to (through its conversation).
-    pub async fn message_channel(&mut self, id: MessageId) -> Result<ChannelId> {
-        let tenant = self.tenant();
-        let channel = on_conn!(&mut self.conn, |c| {
-            sqlx::query_scalar::<_, Uuid>(
-                "SELECT v.channel_id FROM messages m JOIN conversations v \
-                 ON v.tenant_id = m.tenant_id AND v.id = m.conversation_id \
-                 WHERE m.tenant_id = $1 AND m.id = $2",
-            )
-            .bind(tenant.as_uuid())
-            .bind(id.as_uuid())
-            .fetch_optional(c)
-            .await
-        })
-        .map_err(db_error)?;
-        channel
-            .map(ChannelId::from_uuid)
-            .ok_or_else(|| Error::not_found("message"))
-    }
-
-    /// The contact a message was sent to (to record an opt-out the provider reported).
-    pub async fn message_contact(&mut self, id: MessageId) -> Result<Option<ContactId>> {
-        let tenant = self.tenant();
-        let contact = on_conn!(&mut self.conn, |c| {
-            sqlx::query_scalar::<_, Uuid>(
-                "SELECT v.contact_id FROM messages m JOIN conversations v \
-                 ON v.tenant_id = m.tenant_id AND v.id = m.conversation_id \
-                 WHERE m.tenant_id = $1 AND m.id = $2",
-            )
-            .bind(tenant.as_uuid())
-            .bind(id.as_uuid())
-            .fetch_optional(c)
-            .await
-        })
-        .map_err(db_error)?;
-        Ok(contact.map(ContactId::from_uuid))
     }
 }
 

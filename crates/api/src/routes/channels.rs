@@ -13,7 +13,9 @@ use crate::{
 };
 
 pub use waypost_outbound::provider::secret_purpose;
-use waypost_outbound::provider::{credential_names, default_base_url};
+use waypost_outbound::provider::{
+    ClientConfig, Provider, client_for, credential_names, default_base_url, load_credentials,
+};
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -147,6 +149,15 @@ async fn view(state: &AppState, auth: &Auth, channel: Channel) -> Result<Channel
         credentials,
         webhook,
     })
+}
+
+/// The channel as stored now, with its credential status and webhook setup.
+async fn view_of(state: &AppState, auth: &Auth, id: ChannelId) -> Result<ChannelView, ApiError> {
+    let channel = {
+        let mut tx = state.store.tenant_read(auth.tenant()?).await?;
+        tx.get_channel(id).await?
+    };
+    view(state, auth, channel).await
 }
 
 fn required<'a>(field: &str, value: &'a Option<String>) -> Result<&'a str, Error> {
@@ -357,11 +368,7 @@ pub async fn get_channel(
     auth: Auth,
     ApiPath(id): ApiPath<ChannelId>,
 ) -> Result<Json<ChannelView>, ApiError> {
-    let channel = {
-        let mut tx = state.store.tenant_read(auth.tenant()?).await?;
-        tx.get_channel(id).await?
-    };
-    Ok(Json(view(&state, &auth, channel).await?))
+    Ok(Json(view_of(&state, &auth, id).await?))
 }
 
 /// New credentials for a channel (only the provider's own names; omitted ones stay).
@@ -430,11 +437,7 @@ pub async fn put_credentials(
     tx.audit(auth.event("secret.update", "channel", channel.id))
         .await?;
     tx.commit().await?;
-    let channel = {
-        let mut tx = state.store.tenant_read(auth.tenant()?).await?;
-        tx.get_channel(id).await?
-    };
-    Ok(Json(view(&state, &auth, channel).await?))
+    Ok(Json(view_of(&state, &auth, id).await?))
 }
 
 /// Resumes sending on a channel paused by Meta's spam or integrity signals (131048, 131042),
@@ -466,9 +469,25 @@ pub async fn resume_channel(
     tx.audit(auth.event("channel.resume", "channel", channel.id))
         .await?;
     tx.commit().await?;
-    let channel = {
-        let mut tx = state.store.tenant_read(auth.tenant()?).await?;
-        tx.get_channel(id).await?
-    };
-    Ok(Json(view(&state, &auth, channel).await?))
+    Ok(Json(view_of(&state, &auth, id).await?))
+}
+
+/// A channel and a client for its provider, with its credentials.
+pub(crate) async fn provider_client(
+    state: &AppState,
+    auth: &Auth,
+    id: ChannelId,
+) -> Result<(Channel, Box<dyn Provider>), ApiError> {
+    let mut tx = state.store.tenant_read(auth.tenant()?).await?;
+    let channel = tx.get_channel(id).await?;
+    let credentials = load_credentials(&mut tx, &state.vault, &channel).await?;
+    let client = client_for(
+        &channel,
+        &credentials,
+        ClientConfig {
+            http: state.http.clone(),
+            status_callback: None,
+        },
+    )?;
+    Ok((channel, client))
 }

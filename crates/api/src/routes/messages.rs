@@ -8,18 +8,14 @@ use axum::{
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use waypost_core::{ChannelId, ContactId, Error, ErrorCode, MessageId};
-use waypost_outbound::{
-    OutboundContent, QueueRequest, Recipient,
-    jobs::mark_read_job,
-    provider::{ClientConfig, client_for, load_credentials},
-};
+use waypost_outbound::{OutboundContent, QueueRequest, Recipient, jobs::mark_read_job};
 use waypost_store::{LANE_BULK, LANE_TRANSACTIONAL, StoredMessage};
 
 use crate::{
     ApiError, AppState,
     auth::Auth,
     problem::{ApiPath, ApiQuery, Problem},
-    routes::conversations::redact_message,
+    routes::{channels::provider_client, conversations::redact_message},
 };
 
 /// A message to send. The content fields are the Cloud API's: `type` plus the object of that
@@ -247,7 +243,7 @@ pub async fn mark_read(
             return Err(Error::validation("only inbound messages can be marked read").into());
         }
     };
-    let channel = tx.message_channel(id).await?;
+    let (channel, _) = tx.message_route(id).await?;
     tx.enqueue(mark_read_job(channel, provider_id)?).await?;
     tx.audit(auth.event("message.mark_read", "message", id))
         .await?;
@@ -296,24 +292,10 @@ pub async fn upload_media(
     if body.is_empty() {
         return Err(Error::validation("the body must be the file").into());
     }
-    let tenant = auth.tenant()?;
-    let (channel, credentials) = {
-        let mut tx = state.store.tenant_read(tenant).await?;
-        let channel = tx.get_channel(query.channel_id).await?;
-        let credentials = load_credentials(&mut tx, &state.vault, &channel).await?;
-        (channel, credentials)
-    };
-    let client = client_for(
-        &channel,
-        &credentials,
-        ClientConfig {
-            http: state.http.clone(),
-            status_callback: None,
-        },
-    )?;
+    let (channel, client) = provider_client(&state, &auth, query.channel_id).await?;
     let filename = query.filename.unwrap_or_else(|| "upload".into());
     let id = client.upload_media(body.to_vec(), &mime, &filename).await?;
-    let mut tx = state.store.tenant(tenant).await?;
+    let mut tx = state.store.tenant(auth.tenant()?).await?;
     tx.audit(auth.event("media.upload", "channel", channel.id))
         .await?;
     tx.commit().await?;

@@ -4,35 +4,16 @@ use serde_json::Value;
 use waypost_core::{ChannelId, Page, PageRequest, TemplateId};
 use waypost_outbound::{
     message::TemplateSend,
-    provider::{ClientConfig, Provider, client_for, load_credentials},
     template::{self, NewTemplate, Rendered},
 };
-use waypost_store::{Channel, Template, TemplateUpsert};
+use waypost_store::{Template, TemplateUpsert};
 
 use crate::{
     ApiError, AppState,
     auth::Auth,
     problem::{ApiJson, ApiPath, ApiQuery, Problem},
+    routes::channels::provider_client,
 };
-
-async fn channel_client(
-    state: &AppState,
-    auth: &Auth,
-    id: ChannelId,
-) -> Result<(Channel, Box<dyn Provider>), ApiError> {
-    let mut tx = state.store.tenant_read(auth.tenant()?).await?;
-    let channel = tx.get_channel(id).await?;
-    let credentials = load_credentials(&mut tx, &state.vault, &channel).await?;
-    let client = client_for(
-        &channel,
-        &credentials,
-        ClientConfig {
-            http: state.http.clone(),
-            status_callback: None,
-        },
-    )?;
-    Ok((channel, client))
-}
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct SyncResult {
@@ -52,7 +33,7 @@ pub async fn sync_templates(
     auth: Auth,
     ApiPath(id): ApiPath<ChannelId>,
 ) -> Result<Json<SyncResult>, ApiError> {
-    let (channel, client) = channel_client(&state, &auth, id).await?;
+    let (channel, client) = provider_client(&state, &auth, id).await?;
     let remote = client.list_templates().await?;
     let mut tx = state.store.tenant(auth.tenant()?).await?;
     let mut synced = 0;
@@ -83,7 +64,7 @@ pub async fn create_template(
     ApiJson(body): ApiJson<NewTemplate>,
 ) -> Result<(StatusCode, Json<Template>), ApiError> {
     body.validate()?;
-    let (channel, client) = channel_client(&state, &auth, id).await?;
+    let (channel, client) = provider_client(&state, &auth, id).await?;
     let answer = client.create_template(&body).await?;
     let text = |k: &str| answer.get(k).and_then(Value::as_str).map(str::to_string);
     let mut tx = state.store.tenant(auth.tenant()?).await?;
@@ -169,7 +150,7 @@ pub async fn delete_template(
         let mut tx = state.store.tenant_read(auth.tenant()?).await?;
         tx.get_template(id).await?
     };
-    let (_, client) = channel_client(&state, &auth, stored.channel_id).await?;
+    let (_, client) = provider_client(&state, &auth, stored.channel_id).await?;
     client
         .delete_template(&stored.name, stored.provider_template_id.as_deref())
         .await?;

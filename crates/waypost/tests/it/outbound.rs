@@ -183,11 +183,27 @@ impl Rig {
         assert_eq!(injected.webhook_status, 200);
     }
 
-    async fn channel_state(&self) -> String {
-        let channel = self
-            .get(&format!("/api/v1/channels/{}", self.channel))
-            .await;
-        channel["send_state"].as_str().unwrap().to_string()
+    async fn wait_send_state(&self, state: &str) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let channel = self
+                .get(&format!("/api/v1/channels/{}", self.channel))
+                .await;
+            if channel["send_state"] == state {
+                return;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "{channel}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Queues the approved `hello_world` template to `to`; the message id.
+    async fn send_hello(&self, to: Value) -> String {
+        let mut body = template("hello_world", &[]);
+        body["to"] = to;
+        let (status, queued) = self.send(body).await;
+        assert_eq!(status, 202, "{queued}");
+        queued["id"].as_str().unwrap().to_string()
     }
 }
 
@@ -508,11 +524,8 @@ async fn templates_sync_submit_follow_webhooks_preview_and_delete() {
 async fn burst(rig: &Rig, count: usize, first_number: u64) -> Vec<String> {
     let mut ids = Vec::new();
     for n in 0..count {
-        let mut body = template("hello_world", &[]);
-        body["to"] = json!(format!("+1415555{:04}", first_number + n as u64));
-        let (status, queued) = rig.send(body).await;
-        assert_eq!(status, 202, "{queued}");
-        ids.push(queued["id"].as_str().unwrap().to_string());
+        let to = json!(format!("+1415555{:04}", first_number + n as u64));
+        ids.push(rig.send_hello(to).await);
     }
     ids
 }
@@ -653,9 +666,7 @@ async fn meta_signals_fail_pause_or_hold_the_channel() {
 
     // 131026: undeliverable, never retried, explained in plain words.
     rig.sim.inject_faults(&[131_026]);
-    let mut body = template("hello_world", &[]);
-    body["to"] = to(3001);
-    let id = rig.send(body).await.1["id"].as_str().unwrap().to_string();
+    let id = rig.send_hello(to(3001)).await;
     let failed = rig.wait_status(&id, &["failed"]).await;
     assert_eq!(failed["error"]["code"], 131_026);
     assert!(
@@ -682,14 +693,8 @@ async fn meta_signals_fail_pause_or_hold_the_channel() {
 
     // 190: the message stays queued and the channel is held until credentials are replaced.
     rig.sim.inject_faults(&[190]);
-    let mut body = template("hello_world", &[]);
-    body["to"] = to(3003);
-    let id = rig.send(body).await.1["id"].as_str().unwrap().to_string();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while rig.channel_state().await != "credentials_invalid" {
-        assert!(tokio::time::Instant::now() < deadline);
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let id = rig.send_hello(to(3003)).await;
+    rig.wait_send_state("credentials_invalid").await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(
         rig.get(&format!("/api/v1/messages/{id}")).await["status"],
@@ -711,14 +716,8 @@ async fn meta_signals_fail_pause_or_hold_the_channel() {
 
     // 131048: spam limits pause the channel until someone resumes it.
     rig.sim.inject_faults(&[131_048]);
-    let mut body = template("hello_world", &[]);
-    body["to"] = to(3004);
-    let id = rig.send(body).await.1["id"].as_str().unwrap().to_string();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while rig.channel_state().await != "paused" {
-        assert!(tokio::time::Instant::now() < deadline);
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let id = rig.send_hello(to(3004)).await;
+    rig.wait_send_state("paused").await;
     assert_eq!(
         rig.get(&format!("/api/v1/messages/{id}")).await["status"],
         "queued"
@@ -741,17 +740,9 @@ async fn meta_signals_fail_pause_or_hold_the_channel() {
 
     // Erasing a contact while its message waits on a paused channel drops the message.
     rig.sim.inject_faults(&[131_048]);
-    let mut body = template("hello_world", &[]);
-    body["to"] = to(3005);
-    let first = rig.send(body).await.1["id"].as_str().unwrap().to_string();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while rig.channel_state().await != "paused" {
-        assert!(tokio::time::Instant::now() < deadline);
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let mut body = template("hello_world", &[]);
-    body["to"] = to(3006);
-    let doomed = rig.send(body).await.1["id"].as_str().unwrap().to_string();
+    let first = rig.send_hello(to(3005)).await;
+    rig.wait_send_state("paused").await;
+    let doomed = rig.send_hello(to(3006)).await;
     let contacts = rig.get("/api/v1/contacts?search=%2B14155553006").await;
     let contact = contacts["data"][0]["id"].as_str().unwrap().to_string();
     let erased = rig
@@ -987,9 +978,7 @@ async fn a_failure_reported_later_by_webhook_is_explained_and_confirmations_are_
         ..SimulatorConfig::default()
     };
     let rig = Rig::start(&db.url, 80, sim_config, &[]).await;
-    let mut body = template("hello_world", &[]);
-    body["to"] = json!("+14155550142");
-    let id = rig.send(body).await.1["id"].as_str().unwrap().to_string();
+    let id = rig.send_hello(json!("+14155550142")).await;
     let failed = rig.wait_status(&id, &["failed"]).await;
     assert_eq!(failed["error"]["code"], 131_026, "{failed}");
     assert!(
