@@ -102,6 +102,7 @@ pub const ROUTE_PERMISSIONS: &[(&str, &str, Permission)] = &[
     ("GET", "/api/v1/conversations", Permission::ReadConversations),
     ("GET", "/api/v1/conversations/{id}/messages", Permission::ReadConversations),
     ("GET", "/api/v1/media/{id}", Permission::ReadConversations),
+    ("GET", "/api/v1/messages/{id}/media", Permission::ReadConversations),
     ("POST", "/api/v1/media", Permission::SendMessages),
     ("POST", "/api/v1/messages", Permission::SendMessages),
     ("GET", "/api/v1/messages/{id}", Permission::ReadConversations),

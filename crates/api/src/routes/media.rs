@@ -6,13 +6,14 @@ use axum::{
 };
 use futures_util::TryStreamExt;
 use serde::Deserialize;
-use waypost_core::{ChannelId, Error, ErrorCode};
+use waypost_core::{ChannelId, Error, ErrorCode, MessageId};
+use waypost_outbound::provider::MediaRef;
 
 use crate::{
     ApiError, AppState,
     auth::Auth,
     problem::{ApiPath, ApiQuery, Problem},
-    routes::channels::secret_purpose,
+    routes::channels::provider_client,
 };
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
@@ -23,108 +24,38 @@ pub struct MediaQuery {
     pub channel_id: ChannelId,
 }
 
-#[derive(Debug, Deserialize)]
-struct MediaInfo {
-    url: String,
-    mime_type: Option<String>,
-}
-
-fn upstream(what: &str) -> ApiError {
-    ApiError(Error::new(
-        ErrorCode::UpstreamError,
-        format!("the provider failed while {what}"),
-    ))
-}
-
-/// Streams a media file (an inbound image, voice note, document, ...) from the provider with
-/// the channel's credentials. Media is personal data: reading it is audited, and callers who
-/// see identifiers masked (analysts, operators without an unmask) may not fetch it.
-#[utoipa::path(get, path = "/api/v1/media/{id}", tag = "conversations",
-    params(("id" = String, Path, description = "The provider's media id, from a message"), MediaQuery),
-    responses(
-        (status = OK, description = "The file, with the provider's content type"),
-        (status = NOT_FOUND, body = Problem, content_type = "application/problem+json"),
-        (status = BAD_GATEWAY, body = Problem, content_type = "application/problem+json")
-    ))]
-pub async fn get_media(
-    State(state): State<AppState>,
-    auth: Auth,
-    ApiPath(media_id): ApiPath<String>,
-    ApiQuery(query): ApiQuery<MediaQuery>,
-) -> Result<Response, ApiError> {
-    if !auth.unmasked {
-        return Err(ApiError(Error::new(
+/// Media is personal data: callers who see identifiers masked (analysts, operators without an
+/// unmask) may not fetch it.
+fn may_see_media(auth: &Auth) -> Result<(), ApiError> {
+    if auth.unmasked {
+        Ok(())
+    } else {
+        Err(ApiError(Error::new(
             ErrorCode::Forbidden,
             "media is personal data; it is not shown to this role without an unmask",
-        )));
+        )))
     }
-    if media_id.is_empty()
-        || media_id.len() > 128
-        || !media_id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
-    {
-        return Err(Error::not_found("media").into());
-    }
-    let tenant = auth.tenant()?;
-    let (channel, token) = {
-        let mut tx = state.store.tenant_read(tenant).await?;
-        let channel = tx.get_channel(query.channel_id).await?;
-        let token = state
-            .vault
-            .reveal(&mut tx, &secret_purpose(channel.id, "access_token"))
-            .await?;
-        (channel, token)
-    };
-    if channel.provider != "meta" {
-        return Err(Error::validation(format!(
-            "media download is not supported yet for {} channels",
-            channel.provider
-        ))
-        .into());
-    }
-    let token =
-        token.ok_or_else(|| Error::new(ErrorCode::Conflict, "the channel has no access token"))?;
-    let mut tx = state.store.tenant(tenant).await?;
-    tx.audit(auth.event("media.read", "media", &media_id))
+}
+
+/// Fetches the file through the channel's provider (audited) and streams it back with the
+/// provider's content type.
+async fn stream_media(
+    state: &AppState,
+    auth: &Auth,
+    channel: ChannelId,
+    media: MediaRef<'_>,
+    mime_type: Option<String>,
+    audited_as: &str,
+) -> Result<Response, ApiError> {
+    let (_, client) = provider_client(state, auth, channel).await?;
+    let mut tx = state.store.tenant(auth.tenant()?).await?;
+    tx.audit(auth.event("media.read", "media", audited_as))
         .await?;
     tx.commit().await?;
-
-    // Step 1: the media's short-lived download URL.
-    let info_url = format!(
-        "{}/{}/{media_id}",
-        channel.graph_api_base_url.trim_end_matches('/'),
-        channel.graph_api_version
-    );
-    let info = state
-        .http
-        .get(&info_url)
-        .bearer_auth(token.as_str())
-        .send()
-        .await
-        .map_err(|_| upstream("looking up the media"))?;
-    match info.status().as_u16() {
-        200 => {}
-        400 | 404 => return Err(Error::not_found("media").into()),
-        _ => return Err(upstream("looking up the media")),
-    }
-    let info: MediaInfo = info
-        .json()
-        .await
-        .map_err(|_| upstream("describing the media"))?;
-    // Step 2: the file itself, which needs the same token.
-    let file = state
-        .http
-        .get(&info.url)
-        .bearer_auth(token.as_str())
-        .send()
-        .await
-        .map_err(|_| upstream("downloading the media"))?;
-    if !file.status().is_success() {
-        return Err(upstream("downloading the media"));
-    }
-    let content_type = info
-        .mime_type
+    let media = client.fetch_media(&media).await?;
+    let file = media.response;
+    let content_type = mime_type
+        .or(media.mime_type)
         .or_else(|| {
             file.headers()
                 .get(header::CONTENT_TYPE)
@@ -138,4 +69,79 @@ pub async fn get_media(
         response.headers_mut().insert(header::CONTENT_TYPE, value);
     }
     Ok(response)
+}
+
+/// Streams a media file by the provider's media id (Meta and 360dialog channels), with the
+/// channel's credentials. Reading it is audited.
+#[utoipa::path(get, path = "/api/v1/media/{id}", tag = "conversations",
+    params(("id" = String, Path, description = "The provider's media id, from a message"), MediaQuery),
+    responses(
+        (status = OK, description = "The file, with the provider's content type"),
+        (status = NOT_FOUND, body = Problem, content_type = "application/problem+json"),
+        (status = BAD_GATEWAY, body = Problem, content_type = "application/problem+json")
+    ))]
+pub async fn get_media(
+    State(state): State<AppState>,
+    auth: Auth,
+    ApiPath(media_id): ApiPath<String>,
+    ApiQuery(query): ApiQuery<MediaQuery>,
+) -> Result<Response, ApiError> {
+    may_see_media(&auth)?;
+    if media_id.is_empty()
+        || media_id.len() > 128
+        || !media_id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    {
+        return Err(Error::not_found("media").into());
+    }
+    let media = MediaRef {
+        id: Some(&media_id),
+        url: None,
+    };
+    stream_media(&state, &auth, query.channel_id, media, None, &media_id).await
+}
+
+/// Streams the media of an inbound message (image, video, voice note, document, sticker)
+/// from whichever provider it came through: by media id for Meta and 360dialog, by the
+/// webhook's URL for Twilio, Gupshup and Bird. Reading it is audited.
+#[utoipa::path(get, path = "/api/v1/messages/{id}/media", tag = "conversations",
+    params(("id" = MessageId, Path, description = "An inbound message with media")),
+    responses(
+        (status = OK, description = "The file, with its content type"),
+        (status = NOT_FOUND, body = Problem, content_type = "application/problem+json"),
+        (status = BAD_GATEWAY, body = Problem, content_type = "application/problem+json")
+    ))]
+pub async fn get_message_media(
+    State(state): State<AppState>,
+    auth: Auth,
+    ApiPath(id): ApiPath<MessageId>,
+) -> Result<Response, ApiError> {
+    let (message, channel) = {
+        let mut tx = state.store.tenant_read(auth.tenant()?).await?;
+        let message = tx.get_message(id).await?;
+        let (channel, _) = tx.message_route(id).await?;
+        (message, channel)
+    };
+    let media = message
+        .content
+        .get("media")
+        .filter(|_| message.direction == "inbound")
+        .ok_or_else(|| Error::not_found("media"))?;
+    may_see_media(&auth)?;
+    let text = |k: &str| media.get(k).and_then(serde_json::Value::as_str);
+    let reference = MediaRef {
+        id: text("id"),
+        url: text("url"),
+    };
+    let mime_type = text("mime_type").map(str::to_string);
+    stream_media(
+        &state,
+        &auth,
+        channel,
+        reference,
+        mime_type,
+        &id.to_string(),
+    )
+    .await
 }

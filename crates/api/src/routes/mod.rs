@@ -180,6 +180,7 @@ pub fn router() -> (axum::Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(webhooks::d360_event))
         .routes(routes!(webhooks::twilio_event))
         .routes(routes!(media::get_media))
+        .routes(routes!(media::get_message_media))
         .routes(routes!(webhooks::gupshup_event))
         .routes(routes!(webhooks::bird_event))
         .split_for_parts();

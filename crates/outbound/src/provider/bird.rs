@@ -3,8 +3,12 @@
 
 use async_trait::async_trait;
 use serde_json::{Value, json};
+use waypost_core::Result;
 
-use super::{Attempt, Provider, ProviderFailure, SendRequest, read_answer};
+use super::{
+    Attempt, MediaFile, MediaRef, Provider, ProviderFailure, SendRequest, media_answer,
+    read_answer, same_host,
+};
 use crate::message::{Media, OutboundContent};
 
 pub struct BirdClient {
@@ -79,5 +83,14 @@ impl Provider for BirdClient {
             },
         )
         .await
+    }
+
+    async fn fetch_media(&self, media: &MediaRef<'_>) -> Result<MediaFile> {
+        let url = media.url("bird")?;
+        let mut request = self.http.get(url.clone());
+        if same_host(&url, &self.base) {
+            request = request.header("authorization", format!("AccessKey {}", self.api_key));
+        }
+        media_answer("bird", request.send().await).map(MediaFile::from)
     }
 }

@@ -3,8 +3,9 @@
 
 use async_trait::async_trait;
 use serde_json::{Value, json};
+use waypost_core::Result;
 
-use super::{Attempt, Provider, SendRequest, read_answer};
+use super::{Attempt, MediaFile, MediaRef, Provider, SendRequest, media_answer, read_answer};
 use crate::message::OutboundContent;
 
 pub struct GupshupClient {
@@ -101,5 +102,11 @@ impl Provider for GupshupClient {
             },
         )
         .await
+    }
+
+    /// Gupshup's media URLs are signed links: fetched as they are.
+    async fn fetch_media(&self, media: &MediaRef<'_>) -> Result<MediaFile> {
+        let url = media.url("gupshup")?;
+        media_answer("gupshup", self.http.get(url).send().await).map(MediaFile::from)
     }
 }

@@ -5,7 +5,10 @@ use async_trait::async_trait;
 use serde_json::{Value, json};
 use waypost_core::{Error, ErrorCode, Result};
 
-use super::{Attempt, Provider, SendRequest, management_answer, read_answer};
+use super::{
+    Attempt, MediaFile, MediaRef, Provider, SendRequest, management_answer, media_answer,
+    read_answer,
+};
 use crate::template::NewTemplate;
 
 enum Auth {
@@ -231,5 +234,41 @@ impl Provider for MetaClient {
         management_answer(self.name(), request.send().await)
             .await
             .map(drop)
+    }
+
+    /// Two steps: the media id's short-lived URL, then the file with the same credentials.
+    /// 360dialog serves the file from its own host in place of Meta's.
+    async fn fetch_media(&self, media: &MediaRef<'_>) -> Result<MediaFile> {
+        let id = media
+            .id
+            .ok_or_else(|| Error::validation("this message carries no media id"))?;
+        let info = self
+            .authorize(self.http.get(format!("{}/{id}", self.root)))
+            .send()
+            .await;
+        let info: Value = media_answer(self.name(), info)?
+            .json()
+            .await
+            .map_err(|_| Error::new(ErrorCode::UpstreamError, "the media lookup was not JSON"))?;
+        let mut url = info
+            .get("url")
+            .and_then(Value::as_str)
+            .and_then(|u| url::Url::parse(u).ok())
+            .ok_or_else(|| Error::new(ErrorCode::UpstreamError, "the media lookup has no url"))?;
+        if self.is_360() {
+            let base = url::Url::parse(&self.root)
+                .map_err(|_| Error::validation("the channel's API base URL is not a URL"))?;
+            url.set_scheme(base.scheme()).ok();
+            url.set_host(base.host_str()).ok();
+            url.set_port(base.port()).ok();
+        }
+        let file = self.authorize(self.http.get(url)).send().await;
+        Ok(MediaFile {
+            response: media_answer(self.name(), file)?,
+            mime_type: info
+                .get("mime_type")
+                .and_then(Value::as_str)
+                .map(str::to_string),
+        })
     }
 }

@@ -266,6 +266,72 @@ pub trait Provider: Send + Sync {
         let _ = (name, provider_id);
         Err(unsupported(self.name(), "deleting templates"))
     }
+
+    /// Starts downloading an inbound message's media file (the answer streams the bytes).
+    async fn fetch_media(&self, media: &MediaRef<'_>) -> Result<MediaFile>;
+}
+
+/// Where an inbound media file is: the provider's media id (Meta, 360dialog) or its URL
+/// (Twilio, Gupshup, Bird), as the webhook gave them.
+#[derive(Debug, Clone, Copy)]
+pub struct MediaRef<'a> {
+    pub id: Option<&'a str>,
+    pub url: Option<&'a str>,
+}
+
+impl MediaRef<'_> {
+    fn url(&self, provider: &str) -> Result<url::Url> {
+        self.url
+            .and_then(|u| url::Url::parse(u).ok())
+            .filter(|u| matches!(u.scheme(), "https" | "http"))
+            .ok_or_else(|| {
+                Error::validation(format!("this {provider} message carries no media URL"))
+            })
+    }
+}
+
+/// A media download under way, and its type when the provider named it before the file.
+#[derive(Debug)]
+pub struct MediaFile {
+    pub response: reqwest::Response,
+    pub mime_type: Option<String>,
+}
+
+impl From<reqwest::Response> for MediaFile {
+    fn from(response: reqwest::Response) -> Self {
+        Self {
+            response,
+            mime_type: None,
+        }
+    }
+}
+
+/// Whether `url` is on the provider's own API host: credentials go nowhere else (a media URL
+/// comes from a webhook, and a redirect or a foreign host must not receive them).
+fn same_host(url: &url::Url, base: &str) -> bool {
+    url::Url::parse(base).is_ok_and(|b| b.host_str() == url.host_str() && b.port() == url.port())
+}
+
+/// A media download's answer: the provider's failure becomes `not_found` or `upstream_error`.
+fn media_answer(
+    provider: &str,
+    response: std::result::Result<reqwest::Response, reqwest::Error>,
+) -> Result<reqwest::Response> {
+    let response = response.map_err(|e| {
+        Error::with_source(
+            ErrorCode::UpstreamError,
+            format!("{provider} could not be reached for the media"),
+            e,
+        )
+    })?;
+    match response.status().as_u16() {
+        200..=299 => Ok(response),
+        400 | 404 | 410 => Err(Error::not_found("media")),
+        status => Err(Error::new(
+            ErrorCode::UpstreamError,
+            format!("{provider} answered {status} for the media"),
+        )),
+    }
 }
 
 /// Where a client sends, and how it authenticates.

@@ -3,8 +3,11 @@
 
 use async_trait::async_trait;
 use serde_json::{Map, Value};
+use waypost_core::Result;
 
-use super::{Attempt, Provider, SendRequest, read_answer};
+use super::{
+    Attempt, MediaFile, MediaRef, Provider, SendRequest, media_answer, read_answer, same_host,
+};
 use crate::message::OutboundContent;
 
 pub struct TwilioClient {
@@ -101,5 +104,16 @@ impl Provider for TwilioClient {
             },
         )
         .await
+    }
+
+    /// Media URLs are on Twilio's API and need the account's credentials (redirects then go
+    /// to storage without them).
+    async fn fetch_media(&self, media: &MediaRef<'_>) -> Result<MediaFile> {
+        let url = media.url("twilio")?;
+        let mut request = self.http.get(url.clone());
+        if same_host(&url, &self.base) {
+            request = request.basic_auth(&self.account_sid, Some(&self.auth_token));
+        }
+        media_answer("twilio", request.send().await).map(MediaFile::from)
     }
 }

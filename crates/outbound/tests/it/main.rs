@@ -461,3 +461,112 @@ async fn templates_are_listed_across_pages_created_and_deleted_at_meta() {
         waypost_core::ErrorCode::ValidationFailed
     );
 }
+
+#[tokio::test]
+async fn media_is_fetched_with_each_providers_credentials_and_only_from_its_host() {
+    use waypost_outbound::provider::MediaRef;
+    // Meta: the id's URL first, then the file, both with the token.
+    let (server, base) = fake(200, json!({"url": "http://127.0.0.1:1/unused", "id": "m1"})).await;
+    let file_url = format!("{base}/whatsapp_business/attachments/?mid=m1");
+    *server.answer.lock().unwrap() = (200, json!({"url": file_url}));
+    let meta = client("meta", &base, &[("access_token", "EAAG-secret")]);
+    let by_id = MediaRef {
+        id: Some("m1"),
+        url: None,
+    };
+    assert!(meta.fetch_media(&by_id).await.is_ok());
+    let seen = server.seen.lock().unwrap().clone();
+    assert_eq!(seen[0].uri.path(), "/v25.0/m1");
+    assert_eq!(seen[1].uri.path(), "/whatsapp_business/attachments/");
+    assert!(
+        seen.iter()
+            .all(|s| s.headers["authorization"] == "Bearer EAAG-secret")
+    );
+
+    // 360dialog: Meta's lookaside host is swapped for 360dialog's own, with its key.
+    let (server, base) = fake(
+        200,
+        json!({"url": "https://lookaside.fbsbx.com/whatsapp_business/attachments/?mid=m2&ext=1"}),
+    )
+    .await;
+    let d360 = client("360dialog", &base, &[("api_key", "d360-key")]);
+    assert!(
+        d360.fetch_media(&MediaRef {
+            id: Some("m2"),
+            url: None
+        })
+        .await
+        .is_ok()
+    );
+    let seen = server.seen.lock().unwrap().clone();
+    assert_eq!(seen[0].uri.path(), "/m2");
+    assert_eq!(seen[1].uri.path(), "/whatsapp_business/attachments/");
+    assert_eq!(seen[1].uri.query(), Some("mid=m2&ext=1"));
+    assert!(seen.iter().all(|s| s.headers["d360-api-key"] == "d360-key"));
+
+    // Twilio: the webhook's URL, with the account's credentials on Twilio's host only.
+    let (server, base) = fake(200, json!({})).await;
+    let twilio = client(
+        "twilio",
+        &base,
+        &[("account_sid", "AC1"), ("auth_token", "tok")],
+    );
+    let own = format!("{base}/2010-04-01/Accounts/AC1/Messages/MM1/Media/ME1");
+    twilio
+        .fetch_media(&MediaRef {
+            id: None,
+            url: Some(&own),
+        })
+        .await
+        .unwrap();
+    assert!(
+        server.seen.lock().unwrap()[0].headers["authorization"]
+            .to_str()
+            .unwrap()
+            .starts_with("Basic ")
+    );
+    let (elsewhere, other_base) = fake(200, json!({})).await;
+    twilio
+        .fetch_media(&MediaRef {
+            id: None,
+            url: Some(&format!("{other_base}/m.jpg")),
+        })
+        .await
+        .unwrap();
+    assert!(
+        elsewhere.seen.lock().unwrap()[0]
+            .headers
+            .get("authorization")
+            .is_none()
+    );
+
+    // Gupshup: a signed link, fetched as it is; a missing file is not found.
+    let (server, base) = fake(404, json!({})).await;
+    let gupshup = client("gupshup", &base, &[("api_key", "gs-key")]);
+    let missing = gupshup
+        .fetch_media(&MediaRef {
+            id: None,
+            url: Some(&format!("{base}/f.jpg")),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(missing.code(), waypost_core::ErrorCode::NotFound);
+    assert!(
+        server.seen.lock().unwrap()[0]
+            .headers
+            .get("apikey")
+            .is_none()
+    );
+    // A message without a URL says so.
+    assert_eq!(
+        gupshup
+            .fetch_media(&MediaRef {
+                id: Some("x"),
+                url: None
+            })
+            .await
+            .unwrap_err()
+            .code(),
+        waypost_core::ErrorCode::ValidationFailed
+    );
+}

@@ -33,7 +33,7 @@ fn serve_on(url: &str) -> (Scratch, Server, String) {
     (scratch, server, key)
 }
 
-async fn wait_for_messages(
+pub(crate) async fn wait_for_messages(
     client: &reqwest::Client,
     server: &Server,
     key: &str,

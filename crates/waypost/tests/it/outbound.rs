@@ -424,6 +424,64 @@ async fn the_send_api_checks_first_then_sends_once_and_follows_the_status() {
         rig.wait_status(queued["id"].as_str().unwrap(), &["read"])
             .await;
         assert_eq!(rig.sim.stats().media_uploads, 1);
+
+        // The customer's own image streams back through the provider, by message.
+        let injected = rig
+            .sim
+            .inject(Inject {
+                from: Some(customer.into()),
+                kind: Some("image".into()),
+                text: Some("my receipt".into()),
+                ..Inject::default()
+            })
+            .await;
+        assert_eq!(injected.webhook_status, 200);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        let image = loop {
+            let messages = rig
+                .get(&format!("/api/v1/conversations/{conversation}/messages"))
+                .await;
+            if let Some(image) = messages["data"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|m| m["kind"] == "image" && m["direction"] == "inbound")
+            {
+                break image.clone();
+            }
+            assert!(tokio::time::Instant::now() < deadline, "{messages}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        let file = rig
+            .client
+            .get(rig.server().url(&format!(
+                "/api/v1/messages/{}/media",
+                image["id"].as_str().unwrap()
+            )))
+            .bearer_auth(&rig.key)
+            .send()
+            .await
+            .unwrap();
+        if file.status() != 200 {
+            panic!("{}", file.text().await.unwrap());
+        }
+        assert_eq!(file.headers()["content-type"], "image/png");
+        assert_eq!(&file.bytes().await.unwrap()[..4], b"\x89PNG");
+        let text_media = rig
+            .client
+            .get(
+                rig.server()
+                    .url(&format!("/api/v1/messages/{}/media", ids[0])),
+            )
+            .bearer_auth(&rig.key)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            text_media.status(),
+            404,
+            "an outbound text has no inbound media"
+        );
         assert!(duplicates(&rig.sim.stats()).is_empty());
     }
 }
@@ -1037,4 +1095,96 @@ async fn a_failure_reported_later_by_webhook_is_explained_and_confirmations_are_
         reply["content"]["text"]["body"],
         "You will get no more offers. Reply START to undo."
     );
+}
+
+#[tokio::test]
+async fn media_from_a_twilio_message_streams_back_with_the_accounts_credentials() {
+    let db = &test_databases().await[0];
+    // Twilio's API host stand-in: serves the file and remembers how it was asked.
+    let asked = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let log = asked.clone();
+    let app = axum::Router::new().fallback(move |headers: axum::http::HeaderMap| {
+        let log = log.clone();
+        async move {
+            let auth = headers
+                .get("authorization")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_string();
+            log.lock().unwrap().push(auth);
+            (
+                [("content-type", "image/jpeg")],
+                b"\xff\xd8\xffjpeg".to_vec(),
+            )
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let twilio_api = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+
+    let scratch = Scratch::new();
+    let mut server = serve(&scratch, &db.url, free_port(), &[]);
+    let key = server.wait_for_stdout("  wp_").trim().to_string();
+    let client = reqwest::Client::new();
+    let channel: Value = client
+        .post(server.url("/api/v1/channels"))
+        .bearer_auth(&key)
+        .json(&json!({"provider": "twilio", "name": "Twilio", "display_number": "+1 415 523 8886",
+            "account_sid": "AC123", "auth_token": "twilio-token", "graph_api_base_url": twilio_api}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let callback = channel["webhook"]["callback_url"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let media_url = format!("{twilio_api}/2010-04-01/Accounts/AC123/Messages/MM1/Media/ME1");
+    let params: Vec<(String, String)> = [
+        ("MessageSid", "MM1"),
+        ("AccountSid", "AC123"),
+        ("From", "whatsapp:+14155550177"),
+        ("To", "whatsapp:+14155238886"),
+        ("WaId", "14155550177"),
+        ("MessageType", "image"),
+        ("NumMedia", "1"),
+        ("MediaUrl0", media_url.as_str()),
+        ("MediaContentType0", "image/jpeg"),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    let form = url::form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(&params)
+        .finish();
+    let signature = waypost_providers::signature::sign_twilio(b"twilio-token", &callback, &params);
+    let answer = client
+        .post(&callback)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .header("x-twilio-signature", signature)
+        .body(form)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 200);
+
+    let (_, messages) = crate::inbound::wait_for_messages(&client, &server, &key, 1).await;
+    let message = &messages["data"][0];
+    let file = client
+        .get(server.url(&format!(
+            "/api/v1/messages/{}/media",
+            message["id"].as_str().unwrap()
+        )))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(file.status(), 200);
+    assert_eq!(file.headers()["content-type"], "image/jpeg");
+    assert_eq!(&file.bytes().await.unwrap()[..], b"\xff\xd8\xffjpeg");
+    let seen = asked.lock().unwrap().clone();
+    assert_eq!(seen.len(), 1);
+    assert!(seen[0].starts_with("Basic "), "{seen:?}");
 }
