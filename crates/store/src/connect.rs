@@ -453,9 +453,14 @@ async fn begin_pg_tenant(
     pool: &PgPool,
     tenant: TenantId,
 ) -> Result<sqlx::Transaction<'static, sqlx::Postgres>> {
-    let mut tx = pool.begin().await.map_err(db_error)?;
-    set_tenant(&mut tx, tenant).await?;
-    Ok(tx)
+    // One round trip: BEGIN and the (transaction-local) tenant setting travel together as a
+    // simple query. The tenant is a UUID printed by us, never caller text.
+    pool.begin_with(sqlx::AssertSqlSafe(format!(
+        "BEGIN; SELECT set_config('app.tenant_id', '{}', true)",
+        tenant.as_uuid()
+    )))
+    .await
+    .map_err(db_error)
 }
 
 pub(crate) async fn set_tenant(
