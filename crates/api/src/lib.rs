@@ -82,7 +82,7 @@ pub struct AppState {
     /// Pokes this process's job worker when a request enqueues work.
     pub worker_wake: Option<Arc<Notify>>,
     /// Pokes this process's dispatcher when a request queues a message.
-    pub dispatch_wake: Option<Arc<Notify>>,
+    pub dispatch_wake: Option<waypost_outbound::Waker>,
     openapi: Arc<utoipa::openapi::OpenApi>,
 }
 

@@ -77,7 +77,35 @@ pub struct Dispatcher {
     vault: Arc<Vault>,
     http: reqwest::Client,
     config: Arc<DispatcherConfig>,
-    wake: Arc<Notify>,
+    wake: Waker,
+}
+
+/// Wakes one channel's sender when a message is queued in this process, so it goes out at
+/// once instead of at the sender's next poll. Other processes' senders find it by polling.
+#[derive(Clone, Default)]
+pub struct Waker {
+    channels: Arc<Mutex<HashMap<ChannelId, Arc<Notify>>>>,
+}
+
+impl Waker {
+    pub fn wake(&self, channel: ChannelId) {
+        if let Some(notify) = self
+            .channels
+            .lock()
+            .ok()
+            .and_then(|m| m.get(&channel).cloned())
+        {
+            // A stored permit: a sender not waiting yet still sees it.
+            notify.notify_one();
+        }
+    }
+
+    fn register(&self, channel: ChannelId) -> Arc<Notify> {
+        match self.channels.lock() {
+            Ok(mut map) => map.entry(channel).or_default().clone(),
+            Err(_) => Arc::new(Notify::new()),
+        }
+    }
 }
 
 /// Something the writer does besides recording an outcome.
@@ -106,12 +134,12 @@ impl Dispatcher {
             vault,
             http,
             config: Arc::new(config),
-            wake: Arc::new(Notify::new()),
+            wake: Waker::default(),
         }
     }
 
     /// Notified after a message is queued in this process, so it goes out without polling.
-    pub fn waker(&self) -> Arc<Notify> {
+    pub fn waker(&self) -> Waker {
         self.wake.clone()
     }
 
@@ -283,6 +311,8 @@ impl ChannelSender {
             stopped: std::sync::atomic::AtomicBool::new(false),
         });
         let mut paced: Option<(u32, Limiter)> = None;
+        let wake = self.dispatcher.wake.register(self.route.channel);
+        let mut idle = config.poll_interval;
         let mut last_expiry = Instant::now()
             .checked_sub(Duration::from_secs(3600))
             .unwrap_or_else(Instant::now);
@@ -374,13 +404,16 @@ impl ChannelSender {
                     items
                 };
                 if items.is_empty() {
+                    // An idle channel polls less and less often (up to once a second), so
+                    // thousands of quiet channels cost little; a local send wakes it at once.
                     tokio::select! {
                         () = cancel.cancelled() => break,
-                        () = self.dispatcher.wake.notified() => {}
-                        () = tokio::time::sleep(config.poll_interval) => {}
+                        () = wake.notified() => idle = config.poll_interval,
+                        () = tokio::time::sleep(idle) => idle = (idle * 2).min(MAX_IDLE_POLL),
                     }
                     continue;
                 }
+                idle = config.poll_interval;
                 let mut items = items.into_iter();
                 while let Some(item) = items.next() {
                     let hold = control.held_until();
@@ -612,6 +645,9 @@ impl SendOne {
         }
     }
 }
+
+/// The longest an idle channel waits before looking at its outbox again.
+const MAX_IDLE_POLL: Duration = Duration::from_secs(1);
 
 /// How long the outcome writer gathers before committing.
 const OUTCOME_GATHER: Duration = Duration::from_millis(20);

@@ -9,7 +9,7 @@ pub mod provider;
 pub mod send;
 pub mod template;
 
-pub use dispatcher::{Dispatcher, DispatcherConfig};
+pub use dispatcher::{Dispatcher, DispatcherConfig, Waker};
 pub use message::OutboundContent;
 pub use provider::{Attempt, ClientConfig, Provider, ProviderFailure, Reaction, client_for, react};
 pub use send::{OutboxPayload, QueueRequest, Recipient, queue};

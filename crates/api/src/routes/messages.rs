@@ -199,7 +199,7 @@ pub async fn send_message(
         Err(err) => return Err(err.into()),
     };
     if let Some(wake) = &state.dispatch_wake {
-        wake.notify_waiters();
+        wake.wake(channel.id);
     }
     Ok(accepted(id, "queued".into(), false))
 }
