@@ -17,7 +17,7 @@ use waypost_providers::{
 };
 use waypost_store::{
     Channel, ConsentSettings, ContactIdentity, LANE_TRANSACTIONAL, MARKETING, NewInboundMessage,
-    NewJob, StatusChange, TemplateChange, TenantScope, Tx,
+    NewJob, StatusChange, StatusOutcome, TemplateChange, TenantScope, Tx,
 };
 
 pub const PROCESS_KIND: &str = "inbound.process";
@@ -313,15 +313,6 @@ async fn apply_status(
         .ok()
         .and_then(|v| v.as_str().map(str::to_string))
         .unwrap_or_default();
-    // Our message id, echoed back: ties the status to an attempt whose answer we never got.
-    if let Some(id) = status
-        .biz_opaque_callback_data
-        .as_deref()
-        .and_then(|d| d.parse::<MessageId>().ok())
-    {
-        tx.reconcile_outbound(id, &status.provider_message_id)
-            .await?;
-    }
     // 131050: the user stopped marketing messages; record it as their choice.
     if status.errors.iter().any(|e| e.code == Some(131_050)) && status.recipient.is_identified() {
         let contact = tx.upsert_contact(&identity(&status.recipient)).await?;
@@ -329,17 +320,6 @@ async fn apply_status(
             .at_ms
             .map_or_else(Timestamp::now, Timestamp::from_millis);
         record_marketing_stop(tx, contact, at).await?;
-        tx.record_consent(
-            contact,
-            MARKETING,
-            "opt_out",
-            "meta_signal",
-            Some("error 131050: the user stopped marketing messages"),
-            status
-                .at_ms
-                .map_or_else(Timestamp::now, Timestamp::from_millis),
-        )
-        .await?;
     }
     // The same shape as a refused send: the first error, explained, and all of them.
     let error = status.errors.first().map(|first| {
@@ -351,14 +331,26 @@ async fn apply_status(
             "errors": status.errors,
         })
     });
-    tx.apply_status(&StatusChange {
-        provider_message_id: status.provider_message_id.clone(),
-        status: name,
-        rank: i64::from(rank),
-        at: status.at_ms.map(Timestamp::from_millis),
-        error,
-    })
-    .await?;
+    let outcome = tx
+        .apply_status(&StatusChange {
+            provider_message_id: status.provider_message_id.clone(),
+            status: name,
+            rank: i64::from(rank),
+            at: status.at_ms.map(Timestamp::from_millis),
+            error,
+        })
+        .await?;
+    // A status for a message we know by no provider id may echo our own id: it settles an
+    // attempt whose answer we never got (and applies the status just kept pending).
+    if outcome == StatusOutcome::Pending
+        && let Some(id) = status
+            .biz_opaque_callback_data
+            .as_deref()
+            .and_then(|d| d.parse::<MessageId>().ok())
+    {
+        tx.reconcile_outbound(id, &status.provider_message_id)
+            .await?;
+    }
     Ok(())
 }
 

@@ -10,7 +10,10 @@
 use std::{
     collections::HashMap,
     num::NonZeroU32,
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -24,8 +27,8 @@ use waypost_vault::Vault;
 
 use crate::{
     provider::{
-        Attempt, ClientConfig, Credentials, Provider, Reaction, SendRequest, client_for,
-        load_credentials, react,
+        Attempt, ClientConfig, Credentials, Provider, ProviderFailure, Reaction, SendRequest,
+        client_for, load_credentials, react,
     },
     send::{OutboxPayload, record_marketing_stop},
 };
@@ -205,7 +208,7 @@ struct ChannelControl {
     /// No claims before this instant (130429 and friends hold the whole number).
     hold_until: Mutex<Option<Instant>>,
     /// Set when a send paused the channel or found its credentials invalid.
-    stopped: std::sync::atomic::AtomicBool,
+    stopped: AtomicBool,
 }
 
 impl ChannelControl {
@@ -308,7 +311,7 @@ impl ChannelSender {
         let in_flight = Arc::new(Semaphore::new(config.max_in_flight));
         let control = Arc::new(ChannelControl {
             hold_until: Mutex::new(None),
-            stopped: std::sync::atomic::AtomicBool::new(false),
+            stopped: AtomicBool::new(false),
         });
         let mut paced: Option<(u32, Limiter)> = None;
         let wake = self.dispatcher.wake.register(self.route.channel);
@@ -325,9 +328,7 @@ impl ChannelSender {
                     () = tokio::time::sleep(Duration::from_secs(1)) => continue,
                 }
             }
-            control
-                .stopped
-                .store(false, std::sync::atomic::Ordering::Release);
+            control.stopped.store(false, Ordering::Release);
             let provider: Arc<dyn Provider> = Arc::from(client_for(
                 &channel,
                 &credentials,
@@ -363,7 +364,7 @@ impl ChannelSender {
             }
             let reload_at = Instant::now() + Duration::from_secs(5);
             while Instant::now() < reload_at && !cancel.is_cancelled() {
-                if control.stopped.load(std::sync::atomic::Ordering::Acquire) {
+                if control.stopped.load(Ordering::Acquire) {
                     break;
                 }
                 if let Some(until) = control.held_until() {
@@ -417,8 +418,7 @@ impl ChannelSender {
                 let mut items = items.into_iter();
                 while let Some(item) = items.next() {
                     let hold = control.held_until();
-                    let stopping = cancel.is_cancelled()
-                        || control.stopped.load(std::sync::atomic::Ordering::Acquire);
+                    let stopping = cancel.is_cancelled() || control.stopped.load(Ordering::Acquire);
                     if hold.is_some() || stopping {
                         // Not attempted: straight back to the queue.
                         let not_before = hold.map_or(Timestamp::now(), |h| {
@@ -619,30 +619,31 @@ impl SendOne {
                         },
                         "failed",
                     ),
-                    Reaction::PauseChannel | Reaction::CredentialsInvalid => {
-                        let state = if matches!(
-                            react(provider, &failure, item.attempts),
-                            Reaction::PauseChannel
-                        ) {
-                            "paused"
-                        } else {
-                            "credentials_invalid"
-                        };
-                        self.control
-                            .stopped
-                            .store(true, std::sync::atomic::Ordering::Release);
-                        (
-                            SendOutcome::Retry {
-                                not_before: now,
-                                error,
-                            },
-                            Effect::SendState(state, failure.message.clone()),
-                            "channel_stopped",
-                        )
+                    Reaction::PauseChannel => self.stop_channel("paused", &failure, error),
+                    Reaction::CredentialsInvalid => {
+                        self.stop_channel("credentials_invalid", &failure, error)
                     }
                 }
             }
         }
+    }
+
+    /// The message was not sent and stays queued; the channel stops until a person acts.
+    fn stop_channel(
+        &self,
+        state: &'static str,
+        failure: &ProviderFailure,
+        error: serde_json::Value,
+    ) -> (SendOutcome, Effect, &'static str) {
+        self.control.stopped.store(true, Ordering::Release);
+        (
+            SendOutcome::Retry {
+                not_before: Timestamp::now(),
+                error,
+            },
+            Effect::SendState(state, failure.message.clone()),
+            "channel_stopped",
+        )
     }
 }
 

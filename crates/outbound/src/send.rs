@@ -146,7 +146,7 @@ pub async fn queue(
                             ),
                         )
                     })?;
-                template::render(&stored, send)?;
+                template::check_send(&stored, send)?;
                 stored.category.to_ascii_lowercase()
             } else {
                 "utility".into()

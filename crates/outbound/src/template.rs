@@ -42,8 +42,8 @@ fn component<'a>(template: &'a Template, kind: &str) -> Option<&'a Value> {
     })
 }
 
-fn send_parameters<'a>(send: &'a TemplateSend, kind: &str) -> &'a [Value] {
-    send.components
+fn send_parameters<'a>(components: &'a [Value], kind: &str) -> &'a [Value] {
+    components
         .iter()
         .find(|c| c.get("type").and_then(Value::as_str) == Some(kind))
         .and_then(|c| c.get("parameters"))
@@ -141,17 +141,23 @@ pub struct Rendered {
     pub buttons: Vec<String>,
 }
 
-/// Checks a send against the stored template and renders it. Fails with `template_invalid`
-/// when the template is not approved or the parameters do not fit.
-pub fn render(template: &Template, send: &TemplateSend) -> Result<Rendered> {
+/// Checks a send against the stored template before it is queued: the template must be
+/// approved and the parameters must fit (`template_invalid` otherwise).
+pub fn check_send(template: &Template, send: &TemplateSend) -> Result<Rendered> {
     if template.status != "APPROVED" {
         return Err(invalid(format!(
             "template {} ({}) is {}, not APPROVED",
             template.name, template.language, template.status
         )));
     }
+    render(template, &send.components)
+}
+
+/// Renders a template with its parameters, whatever its review status (a preview of a
+/// pending template is useful too). Fails with `template_invalid` when they do not fit.
+pub fn render(template: &Template, components: &[Value]) -> Result<Rendered> {
     let named = template.parameter_format.eq_ignore_ascii_case("NAMED");
-    for c in &send.components {
+    for c in components {
         let kind = c.get("type").and_then(Value::as_str).unwrap_or_default();
         if !matches!(kind, "header" | "body" | "button") {
             return Err(invalid(format!(
@@ -161,14 +167,14 @@ pub fn render(template: &Template, send: &TemplateSend) -> Result<Rendered> {
     }
     let header = match component(template, "HEADER") {
         None => {
-            if !send_parameters(send, "header").is_empty() {
+            if !send_parameters(components, "header").is_empty() {
                 return Err(invalid("this template has no header"));
             }
             None
         }
         Some(h) => {
             let format = h.get("format").and_then(Value::as_str).unwrap_or("TEXT");
-            let params = send_parameters(send, "header");
+            let params = send_parameters(components, "header");
             if format.eq_ignore_ascii_case("TEXT") {
                 let text = h.get("text").and_then(Value::as_str).unwrap_or_default();
                 Some(fill("the header", text, named, params)?.0)
@@ -192,7 +198,12 @@ pub fn render(template: &Template, send: &TemplateSend) -> Result<Rendered> {
         .and_then(|b| b.get("text"))
         .and_then(Value::as_str)
         .unwrap_or_default();
-    let (body, _) = fill("the body", body_text, named, send_parameters(send, "body"))?;
+    let (body, _) = fill(
+        "the body",
+        body_text,
+        named,
+        send_parameters(components, "body"),
+    )?;
     let footer = component(template, "FOOTER")
         .and_then(|f| f.get("text"))
         .and_then(Value::as_str)
@@ -205,7 +216,7 @@ pub fn render(template: &Template, send: &TemplateSend) -> Result<Rendered> {
     for (i, b) in template_buttons.iter().enumerate() {
         let text = b.get("text").and_then(Value::as_str).unwrap_or_default();
         let kind = b.get("type").and_then(Value::as_str).unwrap_or_default();
-        let given = send.components.iter().find(|c| button_index(c) == Some(i));
+        let given = components.iter().find(|c| button_index(c) == Some(i));
         if kind.eq_ignore_ascii_case("URL")
             && b.get("url")
                 .and_then(Value::as_str)
@@ -223,7 +234,7 @@ pub fn render(template: &Template, send: &TemplateSend) -> Result<Rendered> {
             buttons.push(text.to_string());
         }
     }
-    for c in &send.components {
+    for c in components {
         if c.get("type").and_then(Value::as_str) == Some("button")
             && button_index(c).is_none_or(|i| i >= template_buttons.len())
         {
@@ -368,23 +379,23 @@ mod tests {
             json!([{"type": "body", "parameters": [{"type": "text", "text": "A1"}, {"type": "text", "text": "shipped"}]},
             {"type": "button", "sub_type": "url", "index": "0", "parameters": [{"type": "text", "text": "A1"}]}]),
         );
-        let r = render(&t, &ok).unwrap();
+        let r = render(&t, &ok.components).unwrap();
         assert_eq!(r.body, "Order A1 is shipped.");
         assert_eq!(r.footer.as_deref(), Some("Thanks"));
         assert_eq!(r.buttons, vec!["Track (https://x.test/A1)"]);
         let short = send(json!([{"type": "body", "parameters": [{"type": "text", "text": "A1"}]}]));
         assert_eq!(
-            render(&t, &short).unwrap_err().code(),
+            render(&t, &short.components).unwrap_err().code(),
             ErrorCode::TemplateInvalid
         );
         let wrong_type = send(
             json!([{"type": "body", "parameters": [{"type": "image", "image": {"link": "https://a"}}, {"type": "text", "text": "x"}]}]),
         );
-        assert!(render(&t, &wrong_type).is_err());
+        assert!(render(&t, &wrong_type.components).is_err());
         let too_long = send(
             json!([{"type": "body", "parameters": [{"type": "text", "text": "x".repeat(1025)}, {"type": "text", "text": "x"}]}]),
         );
-        assert!(render(&t, &too_long).is_err());
+        assert!(render(&t, &too_long.components).is_err());
     }
 
     #[test]
@@ -397,16 +408,16 @@ mod tests {
             json!([{"type": "header", "parameters": [{"type": "image", "image": {"link": "https://x.test/a.png"}}]},
             {"type": "body", "parameters": [{"type": "text", "parameter_name": "customer_name", "text": "Pablo"}]}]),
         );
-        assert_eq!(render(&t, &ok).unwrap().body, "Hi Pablo");
+        assert_eq!(render(&t, &ok.components).unwrap().body, "Hi Pablo");
         let misnamed = send(
             json!([{"type": "header", "parameters": [{"type": "image", "image": {"link": "https://x.test/a.png"}}]},
             {"type": "body", "parameters": [{"type": "text", "parameter_name": "name", "text": "Pablo"}]}]),
         );
-        assert!(render(&t, &misnamed).is_err());
+        assert!(render(&t, &misnamed.components).is_err());
         let no_header = send(
             json!([{"type": "body", "parameters": [{"type": "text", "parameter_name": "customer_name", "text": "Pablo"}]}]),
         );
-        assert!(render(&t, &no_header).is_err());
+        assert!(render(&t, &no_header.components).is_err());
     }
 
     #[test]
@@ -414,7 +425,7 @@ mod tests {
         let mut t = template("POSITIONAL", json!([{"type": "BODY", "text": "Hello"}]));
         t.status = "PAUSED".into();
         assert_eq!(
-            render(&t, &send(json!([]))).unwrap_err().code(),
+            check_send(&t, &send(json!([]))).unwrap_err().code(),
             ErrorCode::TemplateInvalid
         );
     }

@@ -111,6 +111,27 @@ struct NumberState {
     refilled: Instant,
 }
 
+impl NumberState {
+    /// A full bucket: one second of sends.
+    fn new(config: NumberConfig) -> Self {
+        Self {
+            tokens: f64::from(config.throughput_mps),
+            config,
+            refilled: Instant::now(),
+        }
+    }
+}
+
+/// The number given in the simulator's own configuration.
+fn configured_number(config: &SimulatorConfig) -> NumberConfig {
+    NumberConfig {
+        webhook_url: config.webhook_url.clone(),
+        app_secret: config.app_secret.clone(),
+        throughput_mps: config.throughput_mps,
+        display_number: Some(config.display_number.clone()),
+    }
+}
+
 struct Inner {
     config: SimulatorConfig,
     http: reqwest::Client,
@@ -241,15 +262,8 @@ impl Simulator {
     /// Registers (or changes) a number served besides the configured one.
     pub fn add_number(&self, phone_number_id: &str, config: NumberConfig) {
         self.with(|i| {
-            let tokens = f64::from(config.throughput_mps);
-            i.numbers.insert(
-                phone_number_id.to_string(),
-                NumberState {
-                    config,
-                    tokens,
-                    refilled: Instant::now(),
-                },
-            )
+            i.numbers
+                .insert(phone_number_id.to_string(), NumberState::new(config))
         });
     }
 
@@ -263,24 +277,16 @@ impl Simulator {
         if let Some(n) = i.numbers.get(phone_number_id) {
             return Some(n.config.clone());
         }
-        (phone_number_id == i.config.phone_number_id).then(|| NumberConfig {
-            webhook_url: i.config.webhook_url.clone(),
-            app_secret: i.config.app_secret.clone(),
-            throughput_mps: i.config.throughput_mps,
-            display_number: Some(i.config.display_number.clone()),
-        })
+        (phone_number_id == i.config.phone_number_id).then(|| configured_number(&i.config))
     }
 
     /// Signs `value` with the number's app secret and posts it to its webhook URL; returns
     /// the receiver's status.
     async fn deliver(&self, phone_number_id: &str, value: &Value) -> u16 {
         let Some((url, secret, http)) = self.with(|i| {
-            let number = Self::number_config(i, phone_number_id);
-            let (url, secret) = number.map_or_else(
-                || (i.config.webhook_url.clone(), i.config.app_secret.clone()),
-                |n| (n.webhook_url, n.app_secret),
-            );
-            (url, secret, i.http.clone())
+            let number = Self::number_config(i, phone_number_id)
+                .unwrap_or_else(|| configured_number(&i.config));
+            (number.webhook_url, number.app_secret, i.http.clone())
         }) else {
             return 0;
         };
@@ -414,22 +420,14 @@ impl Simulator {
                 return Err((code, "Injected fault"));
             }
             let now = Instant::now();
-            let throughput = Self::number_config(i, phone_number_id)
-                .map_or(i.config.throughput_mps, |n| n.throughput_mps);
-            let rate = f64::from(throughput.max(1));
+            // An unregistered number is served with the configured number's settings.
+            let number = Self::number_config(i, phone_number_id)
+                .unwrap_or_else(|| configured_number(&i.config));
+            let rate = f64::from(number.throughput_mps.max(1));
             let state = i
                 .numbers
                 .entry(phone_number_id.to_string())
-                .or_insert_with(|| NumberState {
-                    config: NumberConfig {
-                        webhook_url: i.config.webhook_url.clone(),
-                        app_secret: i.config.app_secret.clone(),
-                        throughput_mps: throughput,
-                        display_number: Some(i.config.display_number.clone()),
-                    },
-                    tokens: rate,
-                    refilled: now,
-                });
+                .or_insert_with(|| NumberState::new(number));
             state.tokens =
                 (state.tokens + now.duration_since(state.refilled).as_secs_f64() * rate).min(rate);
             state.refilled = now;

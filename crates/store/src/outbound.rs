@@ -435,8 +435,9 @@ impl Tx<Tenant> {
     }
 
     /// A status webhook echoed our message id in `biz_opaque_callback_data`: gives the
-    /// message its provider id if it has none yet (an unknown or unrecorded attempt) and
-    /// drops its outbox row, since it evidently reached the provider.
+    /// message its provider id if it has none yet (an unknown or unrecorded attempt), drops
+    /// its outbox row, since it evidently reached the provider, and applies the statuses that
+    /// were waiting for that id.
     pub async fn reconcile_outbound(
         &mut self,
         id: MessageId,
@@ -461,6 +462,7 @@ impl Tx<Tenant> {
         .map_err(db_error)?;
         if updated == 1 {
             self.delete_outbox_row(id).await?;
+            self.apply_pending_statuses(provider_message_id).await?;
         }
         Ok(updated == 1)
     }

@@ -67,17 +67,6 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Error> {
     Ok(Some(key.to_string()))
 }
 
-fn parse_body(body: &[u8]) -> Result<SendMessage, Error> {
-    serde_json::from_slice(body).map_err(|e| {
-        let code = if e.is_data() {
-            ErrorCode::ValidationFailed
-        } else {
-            ErrorCode::InvalidRequest
-        };
-        Error::new(code, format!("the message could not be read: {e}"))
-    })
-}
-
 fn accepted(id: MessageId, status: String, replayed: bool) -> Response {
     let mut response = (StatusCode::ACCEPTED, Json(MessageAccepted { id, status })).into_response();
     if replayed && let Ok(v) = HeaderValue::from_str("true") {
@@ -144,7 +133,9 @@ pub async fn send_message(
     {
         return Ok(response);
     }
-    let request = parse_body(&body)?;
+    // Read from the raw bytes (their hash binds the idempotency key), with the same
+    // problem codes as every other JSON body.
+    let Json(request) = Json::<SendMessage>::from_bytes(&body)?;
     let tenant = auth.tenant()?;
     let mut tx = state.store.tenant(tenant).await?;
     let channel = tx.get_channel(request.channel_id).await?;

@@ -2,10 +2,7 @@ use axum::{Json, extract::State, http::StatusCode};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use waypost_core::{ChannelId, Page, PageRequest, TemplateId};
-use waypost_outbound::{
-    message::TemplateSend,
-    template::{self, NewTemplate, Rendered},
-};
+use waypost_outbound::template::{self, NewTemplate, Rendered};
 use waypost_store::{Template, TemplateUpsert};
 
 use crate::{
@@ -187,17 +184,5 @@ pub async fn preview_template(
         let mut tx = state.store.tenant_read(auth.tenant()?).await?;
         tx.get_template(id).await?
     };
-    let send = TemplateSend {
-        name: stored.name.clone(),
-        language: waypost_outbound::message::TemplateLanguage {
-            code: stored.language.clone(),
-        },
-        components: body.components,
-    };
-    // A preview of a template that is not approved yet is still useful: render it as if.
-    let mut approved = stored;
-    if approved.status != "APPROVED" {
-        approved.status = "APPROVED".into();
-    }
-    Ok(Json(template::render(&approved, &send)?))
+    Ok(Json(template::render(&stored, &body.components)?))
 }

@@ -124,11 +124,16 @@ impl Rig {
         self.server.as_ref().expect("a running server")
     }
 
+    /// A request to the server with the owner key.
+    fn call(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        self.client
+            .request(method, self.server().url(path))
+            .bearer_auth(&self.key)
+    }
+
     async fn post(&self, path: &str, body: Value) -> (u16, Value) {
         let resp = self
-            .client
-            .post(self.server().url(path))
-            .bearer_auth(&self.key)
+            .call(reqwest::Method::POST, path)
             .json(&body)
             .send()
             .await
@@ -138,9 +143,7 @@ impl Rig {
     }
 
     async fn get(&self, path: &str) -> Value {
-        self.client
-            .get(self.server().url(path))
-            .bearer_auth(&self.key)
+        self.call(reqwest::Method::GET, path)
             .send()
             .await
             .unwrap()
@@ -343,9 +346,7 @@ async fn the_send_api_checks_first_then_sends_once_and_follows_the_status() {
         let mut ids = Vec::new();
         for _ in 0..3 {
             let resp = rig
-                .client
-                .post(rig.server().url("/api/v1/messages"))
-                .bearer_auth(&rig.key)
+                .call(reqwest::Method::POST, "/api/v1/messages")
                 .header("Idempotency-Key", "order-17-shipped")
                 .json(&body)
                 .send()
@@ -362,7 +363,7 @@ async fn the_send_api_checks_first_then_sends_once_and_follows_the_status() {
         assert!(ids.iter().all(|id| *id == ids[0]), "{ids:?}");
         rig.wait_status(&ids[0], &["read"]).await;
         assert_eq!(rig.sim.stats().by_callback_data.get(&ids[0]), Some(&1));
-        let other = rig.client.post(rig.server().url("/api/v1/messages")).bearer_auth(&rig.key)
+        let other = rig.call(reqwest::Method::POST, "/api/v1/messages")
             .header("Idempotency-Key", "order-17-shipped")
             .json(&json!({"channel_id": rig.channel, "to": "+14155550100", "type": "text", "text": {"body": "twice"}}))
             .send().await.unwrap();
@@ -406,12 +407,10 @@ async fn the_send_api_checks_first_then_sends_once_and_follows_the_status() {
 
         // Uploads go to the provider and come back as a media id a send can use.
         let upload = rig
-            .client
-            .post(rig.server().url(&format!(
-                "/api/v1/media?channel_id={}&filename=a.png",
-                rig.channel
-            )))
-            .bearer_auth(&rig.key)
+            .call(
+                reqwest::Method::POST,
+                &format!("/api/v1/media?channel_id={}&filename=a.png", rig.channel),
+            )
             .header("content-type", "image/png")
             .body(vec![0x89, b'P', b'N', b'G'])
             .send()
@@ -453,12 +452,10 @@ async fn the_send_api_checks_first_then_sends_once_and_follows_the_status() {
             tokio::time::sleep(Duration::from_millis(50)).await;
         };
         let file = rig
-            .client
-            .get(rig.server().url(&format!(
-                "/api/v1/messages/{}/media",
-                image["id"].as_str().unwrap()
-            )))
-            .bearer_auth(&rig.key)
+            .call(
+                reqwest::Method::GET,
+                &format!("/api/v1/messages/{}/media", image["id"].as_str().unwrap()),
+            )
             .send()
             .await
             .unwrap();
@@ -550,17 +547,13 @@ async fn templates_sync_submit_follow_webhooks_preview_and_delete() {
     );
 
     let deleted = rig
-        .client
-        .delete(rig.server().url(&format!("/api/v1/templates/{id}")))
-        .bearer_auth(&rig.key)
+        .call(reqwest::Method::DELETE, &format!("/api/v1/templates/{id}"))
         .send()
         .await
         .unwrap();
     assert_eq!(deleted.status(), 204);
     let gone = rig
-        .client
-        .get(rig.server().url(&format!("/api/v1/templates/{id}")))
-        .bearer_auth(&rig.key)
+        .call(reqwest::Method::GET, &format!("/api/v1/templates/{id}"))
         .send()
         .await
         .unwrap();
@@ -804,9 +797,10 @@ async fn meta_signals_fail_pause_or_hold_the_channel() {
     let contacts = rig.get("/api/v1/contacts?search=%2B14155553006").await;
     let contact = contacts["data"][0]["id"].as_str().unwrap().to_string();
     let erased = rig
-        .client
-        .delete(rig.server().url(&format!("/api/v1/contacts/{contact}")))
-        .bearer_auth(&rig.key)
+        .call(
+            reqwest::Method::DELETE,
+            &format!("/api/v1/contacts/{contact}"),
+        )
         .send()
         .await
         .unwrap();
@@ -823,9 +817,7 @@ async fn meta_signals_fail_pause_or_hold_the_channel() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(!rig.sim.stats().by_callback_data.contains_key(&doomed));
     let gone = rig
-        .client
-        .get(rig.server().url(&format!("/api/v1/messages/{doomed}")))
-        .bearer_auth(&rig.key)
+        .call(reqwest::Method::GET, &format!("/api/v1/messages/{doomed}"))
         .send()
         .await
         .unwrap();
@@ -1048,9 +1040,7 @@ async fn a_failure_reported_later_by_webhook_is_explained_and_confirmations_are_
 
     // A tenant's confirmation reply to STOP is queued with the opt-out and sent.
     let resp = rig
-        .client
-        .put(rig.server().url("/api/v1/settings/consent"))
-        .bearer_auth(&rig.key)
+        .call(reqwest::Method::PUT, "/api/v1/settings/consent")
         .json(
             &json!({"opt_out_keywords": ["STOP"], "opt_in_keywords": ["START"],
             "confirmation_reply": "You will get no more offers. Reply START to undo."}),
