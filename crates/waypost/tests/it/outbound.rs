@@ -1178,3 +1178,25 @@ async fn media_from_a_twilio_message_streams_back_with_the_accounts_credentials(
     assert_eq!(seen.len(), 1);
     assert!(seen[0].starts_with("Basic "), "{seen:?}");
 }
+
+#[tokio::test]
+async fn a_131050_reported_by_webhook_opts_the_contact_out_once() {
+    for db in test_databases().await {
+        let sim_config = SimulatorConfig {
+            failure_rate: 1.0,
+            failure_code: 131_050,
+            ..SimulatorConfig::default()
+        };
+        let rig = Rig::start(&db.url, 80, sim_config, &[]).await;
+        let id = rig.send_hello(json!("+14155550144")).await;
+        let failed = rig.wait_status(&id, &["failed"]).await;
+        assert_eq!(failed["error"]["code"], 131_050, "{failed}");
+        let contacts = rig.get("/api/v1/contacts?search=%2B14155550144").await;
+        let contact = contacts["data"][0]["id"].as_str().unwrap();
+        let detail = rig.get(&format!("/api/v1/contacts/{contact}")).await;
+        assert_eq!(detail["marketing_consent"], "opted_out", "{detail}");
+        let history = detail["consent_history"].as_array().unwrap();
+        assert_eq!(history.len(), 1, "{detail}");
+        assert_eq!(history[0]["source"], "meta_signal");
+    }
+}
