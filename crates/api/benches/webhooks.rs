@@ -4,7 +4,8 @@
 //! every acknowledged webhook is counted in the inbox: none may be missing.
 //!
 //! `cargo bench -p waypost-api --bench webhooks` (see BENCHMARKS.md). Tunables:
-//! `BENCH_SECONDS` (default 10), `BENCH_CONCURRENCY` (default 64).
+//! `BENCH_SECONDS` (default 10), `BENCH_CONCURRENCY` (default 64), `BENCH_ENGINES` (default
+//! `sqlite,postgres`).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -47,12 +48,41 @@ struct Run {
     per_second: f64,
     p50_ms: f64,
     p99_ms: f64,
+    /// CPU per acknowledgement in this process (server and load generator) and elsewhere
+    /// (the database server, the kernel's work for other processes).
+    own_cpu_us: f64,
+    other_cpu_us: f64,
+}
+
+/// CPU seconds used so far by this process and by the whole machine (Linux only; zero
+/// elsewhere), so a run can say where the cycles went.
+fn cpu_seconds() -> (f64, f64) {
+    let field = |text: &str, n: usize| -> f64 {
+        text.split_whitespace()
+            .nth(n)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0)
+    };
+    let own = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let own = own.rsplit(')').next().unwrap_or_default();
+    // After the command name: utime and stime are fields 11 and 12 (0-based), in 1/100 s.
+    let own = (field(own, 11) + field(own, 12)) / 100.0;
+    let all = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let line = all.lines().next().unwrap_or_default();
+    // user nice system (idle iowait) irq softirq steal
+    let all = [1, 2, 3, 6, 7, 8]
+        .iter()
+        .map(|&n| field(line, n))
+        .sum::<f64>()
+        / 100.0;
+    (own, all)
 }
 
 /// Fires signed webhooks at `url` from `concurrency` connections for `seconds`.
 async fn load(url: String, concurrency: u64, seconds: u64) -> Run {
     let stop = Arc::new(AtomicBool::new(false));
     let started = Instant::now();
+    let cpu_before = cpu_seconds();
     let mut tasks = Vec::new();
     for worker in 0..concurrency {
         let (url, stop) = (url.clone(), stop.clone());
@@ -85,6 +115,7 @@ async fn load(url: String, concurrency: u64, seconds: u64) -> Run {
         all.extend(task.await.unwrap());
     }
     let elapsed = started.elapsed().as_secs_f64();
+    let cpu_after = cpu_seconds();
     all.sort_by(f64::total_cmp);
     let pct = |p: f64| {
         all.get(((all.len() as f64 - 1.0) * p) as usize)
@@ -96,6 +127,9 @@ async fn load(url: String, concurrency: u64, seconds: u64) -> Run {
         per_second: all.len() as f64 / elapsed,
         p50_ms: pct(0.5),
         p99_ms: pct(0.99),
+        own_cpu_us: (cpu_after.0 - cpu_before.0) * 1e6 / all.len().max(1) as f64,
+        other_cpu_us: ((cpu_after.1 - cpu_before.1) - (cpu_after.0 - cpu_before.0)) * 1e6
+            / all.len().max(1) as f64,
     }
 }
 
@@ -172,8 +206,8 @@ async fn waypost(db: &TestDb, concurrency: u64, seconds: u64) -> (Run, i64) {
 
 fn print(label: &str, run: &Run) {
     println!(
-        "{label:<34} {:>8.0} acks/s   p50 {:>6.1} ms   p99 {:>6.1} ms   ({} acknowledged)",
-        run.per_second, run.p50_ms, run.p99_ms, run.acked
+        "{label:<34} {:>8.0} acks/s   p50 {:>6.1} ms   p99 {:>6.1} ms   ({} acknowledged)   CPU/ack: {:.0} µs here + {:.0} µs elsewhere",
+        run.per_second, run.p50_ms, run.p99_ms, run.acked, run.own_cpu_us, run.other_cpu_us
     );
 }
 
@@ -185,8 +219,14 @@ fn main() {
         let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
         println!("signed Meta webhooks, {concurrency} connections, {seconds} s per run, load generator on the same {cores} cores");
         print("baseline: verify-only handler", &baseline(concurrency, seconds).await);
-        let mut dbs = vec![TestDb::sqlite()];
-        dbs.extend(TestDb::postgres(Flavor::Postgres).await);
+        let engines = std::env::var("BENCH_ENGINES").unwrap_or_else(|_| "sqlite,postgres".into());
+        let mut dbs = Vec::new();
+        if engines.contains("sqlite") {
+            dbs.push(TestDb::sqlite());
+        }
+        if engines.contains("postgres") {
+            dbs.extend(TestDb::postgres(Flavor::Postgres).await);
+        }
         for db in dbs {
             let (run, stored) = waypost(&db, concurrency, seconds).await;
             print(&format!("waypost, {} (store, then ack)", db.engine().as_str()), &run);

@@ -236,6 +236,18 @@ impl Store {
                 let pool = PgPoolOptions::new()
                     .max_connections(options.max_connections)
                     .acquire_timeout(options.acquire_timeout)
+                    // sqlx pings every connection it hands out by default: one round trip more
+                    // on every transaction. Only a connection idle long enough to have been
+                    // dropped by the server or a proxy is checked.
+                    .test_before_acquire(false)
+                    .before_acquire(|conn, meta| {
+                        Box::pin(async move {
+                            if meta.idle_for >= PING_WHEN_IDLE_FOR {
+                                conn.ping().await?;
+                            }
+                            Ok(true)
+                        })
+                    })
                     // Superusers and table owners bypass row-level security, so every
                     // connection switches to the non-owner application role first.
                     .after_connect(move |conn, _meta| {
@@ -280,6 +292,8 @@ impl Store {
         let write = SqlitePoolOptions::new()
             .max_connections(1)
             .acquire_timeout(options.acquire_timeout)
+            // A file cannot drop a connection; sqlx's default ping per acquire is pure cost.
+            .test_before_acquire(false)
             .connect_with(base.clone().create_if_missing(true))
             .await
             .map_err(|e| connect_error(&url, e))?;
@@ -292,6 +306,7 @@ impl Store {
         let read = SqlitePoolOptions::new()
             .max_connections(options.max_connections.max(1))
             .acquire_timeout(options.acquire_timeout)
+            .test_before_acquire(false)
             .connect_with(base.read_only(true))
             .await
             .map_err(|e| connect_error(&url, e))?;
@@ -320,6 +335,15 @@ impl Store {
 
     pub fn engine(&self) -> Engine {
         self.url.engine()
+    }
+
+    /// The PostgreSQL pool, for the hot path that runs as one statement outside a `Tx`
+    /// (`ingest_webhooks`).
+    pub(crate) fn pg_pool(&self) -> Option<&PgPool> {
+        match &self.backend {
+            Backend::Postgres { pool } => Some(pool),
+            Backend::Sqlite { .. } => None,
+        }
     }
 
     /// The URL with its password masked.
@@ -442,6 +466,8 @@ impl Store {
 
 /// Spelled out so the SQL stays a literal; a test keeps it in step with [`APP_ROLE`].
 const SET_APP_ROLE: &str = "SET ROLE waypost_app";
+
+const PING_WHEN_IDLE_FOR: Duration = Duration::from_secs(30);
 
 /// `BEGIN IMMEDIATE` takes SQLite's write lock up front, so a transaction never fails later
 /// with SQLITE_BUSY when it upgrades from reading to writing.

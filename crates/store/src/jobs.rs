@@ -52,14 +52,32 @@ impl fmt::Display for JobState {
     }
 }
 
+/// Jobs as rows: a fresh id, the job, its dedupe key scoped to the tenant (so two tenants'
+/// keys never collide) and its payload as text.
+pub(crate) fn job_rows(
+    tenant: Option<Uuid>,
+    jobs: Vec<NewJob>,
+) -> Vec<(Uuid, NewJob, Option<String>, String)> {
+    jobs.into_iter()
+        .map(|job| {
+            let key = job.dedupe_key.as_ref().map(|key| match tenant {
+                Some(t) => format!("{t}:{key}"),
+                None => format!("platform:{key}"),
+            });
+            let payload = job.payload.to_string();
+            (Uuid::now_v7(), job, key, payload)
+        })
+        .collect()
+}
+
 /// A job to enqueue. Payloads carry ids, never customer data: the queue is a platform table.
 #[derive(Debug, Clone)]
 pub struct NewJob {
-    kind: String,
+    pub(crate) kind: String,
     payload: serde_json::Value,
-    run_at: Option<Timestamp>,
+    pub(crate) run_at: Option<Timestamp>,
     dedupe_key: Option<String>,
-    max_attempts: u32,
+    pub(crate) max_attempts: u32,
 }
 
 impl NewJob {
@@ -272,17 +290,7 @@ impl<S: Scope> Tx<S> {
         }
         let tenant = self.scope.tenant_id().map(|t| *t.as_uuid());
         let now = Timestamp::now().as_millis();
-        let rows: Vec<(Uuid, NewJob, Option<String>, String)> = jobs
-            .into_iter()
-            .map(|job| {
-                let key = job.dedupe_key.as_ref().map(|key| match tenant {
-                    Some(t) => format!("{t}:{key}"),
-                    None => format!("platform:{key}"),
-                });
-                let payload = job.payload.to_string();
-                (Uuid::now_v7(), job, key, payload)
-            })
-            .collect();
+        let rows = job_rows(tenant, jobs);
         on_conn!(&mut self.conn, |c| {
             let mut insert = sqlx::QueryBuilder::new(
                 "INSERT INTO jobs (id, tenant_id, kind, payload, state, run_at, attempts, \

@@ -24,7 +24,7 @@ pub use audit::{AuditEvent, AuditFilter, AuditRecord, ChainReport, broken_chain_
 pub use connect::{DatabaseUrl, Engine, Identity, Readiness, SqliteSync, Store, StoreOptions};
 pub use contacts::{ConsentEvent, ConsentSettings, Contact, MARKETING};
 pub use inbound::{
-    Channel, ChannelRoute, ContactIdentity, Conversation, InboxEntry, NewChannel,
+    Channel, ChannelRoute, ContactIdentity, Conversation, InboxEntry, IncomingWebhook, NewChannel,
     NewInboundMessage, SERVICE_WINDOW_MS, StatusChange, StatusOutcome, StoredMessage,
 };
 pub use jobs::{ClaimedJob, Enqueued, JobRecord, JobState, KindStats, NewJob};

@@ -1,7 +1,9 @@
+use std::sync::Mutex;
+
 use sqlx::{Connection, Executor, Row, postgres::PgConnection};
-use waypost_core::{ErrorCode, Role, TenantId};
+use waypost_core::{ErrorCode, InboxId, Role, TenantId, Timestamp};
 use waypost_store::{
-    NewApiKey, NewJob, Store,
+    IncomingWebhook, NewApiKey, NewChannel, NewJob, Store,
     testkit::{Flavor, TestDb, test_databases},
 };
 
@@ -266,5 +268,110 @@ async fn postgres_catalog_every_tenant_table_is_protected() {
             (row.get(0), row.get(1))
         };
         assert!(!superuser && !bypass);
+    }
+}
+
+async fn channel_of(store: &Store, tenant: TenantId) -> waypost_core::ChannelId {
+    let tx = store.platform().await.unwrap();
+    let (tx, channel) = tx
+        .create_channel(
+            tenant,
+            NewChannel {
+                provider: "meta".into(),
+                name: "Main".into(),
+                phone_number_id: Some(format!("pn-{tenant}")),
+                waba_id: None,
+                display_number: None,
+                provider_account: None,
+                throughput_mps: 80,
+                graph_api_base_url: "http://127.0.0.1:1".into(),
+                graph_api_version: "v25.0".into(),
+            },
+        )
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    channel.id
+}
+
+/// The ingestion group commit takes webhooks of several tenants at once (on PostgreSQL in
+/// one function call): each lands in its own tenant, with its jobs, and a batch with one
+/// webhook that does not belong stores nothing at all.
+#[tokio::test]
+async fn one_ingest_commit_keeps_each_tenants_webhooks_in_that_tenant() {
+    for db in test_databases().await {
+        let store = db.store().await;
+        let (a, b, _) = two_tenants_with_keys(&store).await;
+        let (channel_a, channel_b) = (channel_of(&store, a).await, channel_of(&store, b).await);
+        let webhook = |tenant, channel, body: &'static str| IncomingWebhook {
+            tenant,
+            channel,
+            provider: "meta",
+            body: body.as_bytes(),
+        };
+        let batch = [
+            webhook(a, channel_a, "a1"),
+            webhook(b, channel_b, "b1"),
+            webhook(a, channel_a, "a2"),
+            webhook(b, channel_b, "b2"),
+            webhook(a, channel_a, "a3"),
+        ];
+        let later = Timestamp::from_millis(Timestamp::now().as_millis() + 60_000);
+        let ids = Mutex::new(Vec::new());
+        let jobs_for = |new: &[InboxId]| {
+            ids.lock().unwrap().extend_from_slice(new);
+            Ok(vec![
+                NewJob::new("test.process", new).unwrap(),
+                NewJob::new("test.once", ())
+                    .unwrap()
+                    .dedupe_key("once")
+                    .run_at(later),
+            ])
+        };
+        store.ingest_webhooks(&batch, jobs_for).await.unwrap();
+        // The same dedupe key again: per tenant, it deduplicates.
+        store.ingest_webhooks(&batch[..2], jobs_for).await.unwrap();
+
+        let ids = ids.lock().unwrap().clone();
+        assert_eq!(ids.len(), 7, "{:?}", db.flavor);
+        for (tenant, expected, other) in [(a, 4, b), (b, 3, a)] {
+            let mut tx = store.tenant_read(tenant).await.unwrap();
+            assert_eq!(tx.count_inbox().await.unwrap(), expected, "{:?}", db.flavor);
+            for id in &ids {
+                if let Ok(entry) = tx.inbox_entry(*id).await {
+                    let body = String::from_utf8(entry.body).unwrap();
+                    assert!(
+                        body.starts_with(if tenant == a { 'a' } else { 'b' }),
+                        "{body}"
+                    );
+                    assert_eq!(entry.provider, "meta");
+                }
+            }
+            drop(tx);
+            let jobs = store.list_jobs(None, 100).await.unwrap();
+            let mine: Vec<_> = jobs
+                .iter()
+                .filter(|j| j.tenant_id == Some(tenant))
+                .collect();
+            assert_eq!(
+                mine.iter().filter(|j| j.kind == "test.process").count(),
+                2,
+                "one processing job per commit"
+            );
+            let once: Vec<_> = mine.iter().filter(|j| j.kind == "test.once").collect();
+            assert_eq!(once.len(), 1, "{:?}", db.flavor);
+            assert_eq!(once[0].run_at, later);
+            assert!(jobs.iter().any(|j| j.tenant_id == Some(other)));
+        }
+
+        // Tenant A claiming B's channel: the whole batch fails and nothing is stored.
+        let bad = [webhook(b, channel_b, "b9"), webhook(a, channel_b, "a9")];
+        let jobs_before = store.list_jobs(None, 100).await.unwrap().len();
+        assert!(store.ingest_webhooks(&bad, jobs_for).await.is_err());
+        for (tenant, expected) in [(a, 4), (b, 3)] {
+            let mut tx = store.tenant_read(tenant).await.unwrap();
+            assert_eq!(tx.count_inbox().await.unwrap(), expected, "{:?}", db.flavor);
+        }
+        assert_eq!(store.list_jobs(None, 100).await.unwrap().len(), jobs_before);
     }
 }
