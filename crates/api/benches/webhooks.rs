@@ -27,6 +27,10 @@ use waypost_store::{
 };
 use waypost_vault::{MasterKey, Vault};
 
+/// The `waypost` binary's allocator, so the bench measures what ships.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const SECRET: &str = "bench-app-secret";
 
 fn env_u64(name: &str, default: u64) -> u64 {

@@ -72,7 +72,8 @@ pub struct AppState {
     pub store: Store,
     pub vault: Arc<Vault>,
     pub auth: AuthConfig,
-    pub webhooks: WebhookConfig,
+    /// Shared: the state is cloned for every request.
+    pub webhooks: Arc<WebhookConfig>,
     /// For calls to providers (Graph API, BSPs): bounded timeouts, no cookies.
     pub http: reqwest::Client,
     /// Group commit for inbound webhooks.
@@ -92,7 +93,7 @@ impl AppState {
             store: store.clone(),
             vault,
             auth,
-            webhooks: WebhookConfig::default(),
+            webhooks: Arc::default(),
             inbox: inbox::InboxWriter::start(store.clone()),
             channel_secrets: inbox::ChannelSecrets::default(),
             http: reqwest::Client::builder()

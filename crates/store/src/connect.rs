@@ -1,4 +1,4 @@
-use std::{fmt, path::PathBuf, str::FromStr, time::Duration};
+use std::{fmt, path::PathBuf, str::FromStr, sync::Arc, time::Duration};
 
 use sqlx::{
     Connection, Executor, PgPool, Row, SqlitePool,
@@ -196,7 +196,8 @@ enum Backend {
 #[derive(Clone)]
 pub struct Store {
     backend: Backend,
-    url: DatabaseUrl,
+    /// Shared: every request clones the store, and a PostgreSQL URL is many strings.
+    url: Arc<DatabaseUrl>,
 }
 
 /// What `/readyz` reports.
@@ -261,7 +262,7 @@ impl Store {
                     .map_err(|e| connect_error(url, e))?;
                 Store {
                     backend: Backend::Postgres { pool },
-                    url: url.clone(),
+                    url: Arc::new(url.clone()),
                 }
             }
         };
@@ -312,13 +313,13 @@ impl Store {
             .map_err(|e| connect_error(&url, e))?;
         Ok(Store {
             backend: Backend::Sqlite { write, read },
-            url,
+            url: Arc::new(url),
         })
     }
 
     /// Applies pending migrations now (whatever `StoreOptions::migrate` said at connect).
     pub async fn migrate(&self) -> Result<()> {
-        match (&self.backend, &self.url) {
+        match (&self.backend, &*self.url) {
             (Backend::Sqlite { write, .. }, url) => SQLITE_MIGRATOR
                 .run(write)
                 .await

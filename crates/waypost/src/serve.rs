@@ -1,4 +1,4 @@
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -119,7 +119,7 @@ pub async fn run(config: Config) -> Result<()> {
             .local_addr()
             .map_err(|e| Error::internal("reading the bound address", e))?;
         let mut state = AppState::new(store.clone(), vault.clone(), config.auth());
-        state.webhooks = config.webhooks(addr);
+        state.webhooks = Arc::new(config.webhooks(addr));
         state.worker_wake = worker_wake;
         state.dispatch_wake = dispatch_wake;
         let mut app = waypost_api::router(state);
