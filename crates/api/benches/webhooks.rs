@@ -25,8 +25,8 @@ use tokio_util::sync::CancellationToken;
 use waypost_api::{AppState, AuthConfig};
 use waypost_providers::signature::{sign_meta, verify_meta};
 use waypost_store::{
-    NewChannel, Store,
-    testkit::{Flavor, TestDb},
+    Store,
+    testkit::{Flavor, TestDb, meta_channel},
 };
 use waypost_vault::{MasterKey, Vault};
 
@@ -183,20 +183,7 @@ async fn waypost(db: &TestDb, concurrency: u64, seconds: u64) -> (Run, i64) {
     let mut tx = store.platform().await.unwrap();
     let tenant = tx.create_tenant("Bench").await.unwrap().id;
     let (mut tx, channel) = tx
-        .create_channel(
-            tenant,
-            NewChannel {
-                provider: "meta".into(),
-                name: "Bench".into(),
-                phone_number_id: Some("106540352242922".into()),
-                waba_id: None,
-                display_number: None,
-                provider_account: None,
-                throughput_mps: 80,
-                graph_api_base_url: "http://127.0.0.1:1".into(),
-                graph_api_version: "v25.0".into(),
-            },
-        )
+        .create_channel(tenant, meta_channel("106540352242922"))
         .await
         .unwrap();
     vault

@@ -8,7 +8,7 @@ use std::{path::PathBuf, str::FromStr, sync::OnceLock};
 
 use sqlx::{Connection, Executor, postgres::PgConnection};
 
-use crate::{DatabaseUrl, Engine, Store, StoreOptions};
+use crate::{DatabaseUrl, Engine, NewChannel, Store, StoreOptions};
 
 pub const TEST_DATABASE_URL_VAR: &str = "WAYPOST_TEST_DATABASE_URL";
 /// The login role the README recommends: owns the schema, is neither superuser nor BYPASSRLS.
@@ -221,6 +221,21 @@ impl Drop for TestDb {
                 .join();
             }
         }
+    }
+}
+
+/// A Meta channel for tests, its Graph API pointed at a port nothing listens on.
+pub fn meta_channel(phone_number_id: &str) -> NewChannel {
+    NewChannel {
+        provider: "meta".into(),
+        name: "Main".into(),
+        phone_number_id: Some(phone_number_id.into()),
+        waba_id: None,
+        display_number: None,
+        provider_account: None,
+        throughput_mps: 80,
+        graph_api_base_url: "http://127.0.0.1:1".into(),
+        graph_api_version: "v25.0".into(),
     }
 }
 

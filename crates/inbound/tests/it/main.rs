@@ -5,7 +5,10 @@
 
 use waypost_core::{ChannelId, TenantId};
 use waypost_inbound::{Processed, process};
-use waypost_store::{NewChannel, Store, testkit::test_databases};
+use waypost_store::{
+    NewChannel, Store,
+    testkit::{meta_channel, test_databases},
+};
 
 fn fixture(name: &str) -> Vec<u8> {
     std::fs::read(format!(
@@ -22,15 +25,9 @@ async fn channel(store: &Store) -> (TenantId, ChannelId) {
         .create_channel(
             tenant,
             NewChannel {
-                provider: "meta".into(),
-                name: "Main".into(),
-                phone_number_id: Some("106540352242922".into()),
                 waba_id: Some("102290129340398".into()),
                 display_number: Some("+15550783881".into()),
-                provider_account: None,
-                throughput_mps: 80,
-                graph_api_base_url: "https://graph.facebook.com".into(),
-                graph_api_version: "v25.0".into(),
+                ..meta_channel("106540352242922")
             },
         )
         .await

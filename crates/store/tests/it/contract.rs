@@ -1,5 +1,8 @@
 use waypost_core::{ErrorCode, Role, Timestamp};
-use waypost_store::{NewApiKey, testkit::test_databases};
+use waypost_store::{
+    NewApiKey,
+    testkit::{meta_channel, test_databases},
+};
 
 fn new_key(prefix: &str, role: Role) -> NewApiKey {
     NewApiKey {
@@ -164,27 +167,14 @@ async fn api_keys_round_trip_paginate_and_revoke() {
 #[tokio::test]
 async fn the_outbox_claims_under_a_lease_and_never_repeats_an_attempt() {
     use waypost_store::{
-        ContactIdentity, LANE_BULK, LANE_TRANSACTIONAL, NewChannel, NewOutboundMessage, SendOutcome,
+        ContactIdentity, LANE_BULK, LANE_TRANSACTIONAL, NewOutboundMessage, SendOutcome,
     };
     for db in test_databases().await {
         let store = db.store().await;
         let mut tx = store.platform().await.unwrap();
         let tenant = tx.create_tenant("Outbox").await.unwrap().id;
         let (mut tx, channel) = tx
-            .create_channel(
-                tenant,
-                NewChannel {
-                    provider: "meta".into(),
-                    name: "Main".into(),
-                    phone_number_id: Some("1061".into()),
-                    waba_id: None,
-                    display_number: None,
-                    provider_account: None,
-                    throughput_mps: 80,
-                    graph_api_base_url: "http://127.0.0.1:1".into(),
-                    graph_api_version: "v25.0".into(),
-                },
-            )
+            .create_channel(tenant, meta_channel("1061"))
             .await
             .unwrap();
         let contact = tx

@@ -3,8 +3,8 @@ use std::sync::Mutex;
 use sqlx::{Connection, Executor, Row, postgres::PgConnection};
 use waypost_core::{ErrorCode, InboxId, Role, TenantId, Timestamp};
 use waypost_store::{
-    IncomingWebhook, NewApiKey, NewChannel, NewJob, Store,
-    testkit::{Flavor, TestDb, test_databases},
+    IncomingWebhook, NewApiKey, NewJob, Store,
+    testkit::{Flavor, TestDb, meta_channel, test_databases},
 };
 
 async fn two_tenants_with_keys(store: &Store) -> (TenantId, TenantId, waypost_store::ApiKey) {
@@ -274,20 +274,7 @@ async fn postgres_catalog_every_tenant_table_is_protected() {
 async fn channel_of(store: &Store, tenant: TenantId) -> waypost_core::ChannelId {
     let tx = store.platform().await.unwrap();
     let (tx, channel) = tx
-        .create_channel(
-            tenant,
-            NewChannel {
-                provider: "meta".into(),
-                name: "Main".into(),
-                phone_number_id: Some(format!("pn-{tenant}")),
-                waba_id: None,
-                display_number: None,
-                provider_account: None,
-                throughput_mps: 80,
-                graph_api_base_url: "http://127.0.0.1:1".into(),
-                graph_api_version: "v25.0".into(),
-            },
-        )
+        .create_channel(tenant, meta_channel(&format!("pn-{tenant}")))
         .await
         .unwrap();
     tx.commit().await.unwrap();
