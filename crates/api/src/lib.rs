@@ -64,6 +64,21 @@ pub struct WebhookConfig {
     pub public_base_url: String,
     pub meta_app_secret: Option<String>,
     pub meta_verify_token: Option<String>,
+    /// Gupshup signs nothing: when set, its webhooks are accepted only from these networks
+    /// (compared with the connecting address), besides the secret in each channel's URL.
+    pub gupshup_allowed_ips: Vec<ipnet::IpNet>,
+}
+
+impl WebhookConfig {
+    pub fn gupshup_source_allowed(&self, peer: std::net::IpAddr) -> bool {
+        // An IPv4 client on a dual-stack socket arrives as ::ffff:a.b.c.d.
+        let peer = peer.to_canonical();
+        self.gupshup_allowed_ips.is_empty()
+            || self
+                .gupshup_allowed_ips
+                .iter()
+                .any(|net| net.contains(&peer))
+    }
 }
 
 /// What every handler can reach.

@@ -25,6 +25,7 @@ pub struct Config {
     pub auth: AuthSection,
     pub audit: AuditConfig,
     pub meta: MetaConfig,
+    pub gupshup: GupshupConfig,
     pub demo: DemoConfig,
 }
 
@@ -50,6 +51,35 @@ pub struct MetaConfig {
     pub app_secret: String,
     /// What Meta's subscription handshake must present.
     pub verify_token: String,
+}
+
+/// Gupshup signs no webhook; each channel's callback URL carries a secret, and its webhooks
+/// may also be limited to Gupshup's addresses.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GupshupConfig {
+    /// Addresses or networks (`203.0.113.7`, `203.0.113.0/24`) webhooks may come from,
+    /// compared with the connecting address. Empty: any.
+    pub allowed_ips: Vec<String>,
+}
+
+impl GupshupConfig {
+    fn allowed_networks(&self) -> Result<Vec<ipnet::IpNet>> {
+        self.allowed_ips
+            .iter()
+            .map(|entry| {
+                let entry = entry.trim();
+                entry
+                    .parse::<ipnet::IpNet>()
+                    .or_else(|_| entry.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                    .map_err(|_| {
+                        invalid(format!(
+                            "gupshup.allowed_ips: {entry:?} is neither an IP address nor a network like 203.0.113.0/24"
+                        ))
+                    })
+            })
+            .collect()
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -189,6 +219,7 @@ impl Default for Config {
             auth: AuthSection::default(),
             audit: AuditConfig::default(),
             meta: MetaConfig::default(),
+            gupshup: GupshupConfig::default(),
             demo: DemoConfig::default(),
         }
     }
@@ -295,6 +326,9 @@ impl Config {
                 .prefix_separator("_")
                 .separator("__")
                 .try_parsing(true)
+                // Only this key is a list: WAYPOST_GUPSHUP__ALLOWED_IPS="a, b/24".
+                .list_separator(",")
+                .with_list_parse_key("gupshup.allowed_ips")
                 .source(Some(env)),
         );
         let where_ = file.map_or_else(
@@ -318,6 +352,7 @@ impl Config {
         self.listen_addr()?;
         self.database_url()?;
         self.sqlite_sync()?;
+        self.gupshup.allowed_networks()?;
         if !matches!(self.log.format.as_str(), "text" | "json") {
             return Err(invalid(format!(
                 "log.format must be text or json, not {:?}",
@@ -448,14 +483,23 @@ impl Config {
         }
     }
 
-    pub fn webhooks(&self, bound: std::net::SocketAddr) -> waypost_api::WebhookConfig {
+    /// The externally visible base URL; by default the address the server is bound to.
+    pub fn public_base_url(&self, bound: std::net::SocketAddr) -> String {
+        if self.http.public_base_url.is_empty() {
+            format!("http://{bound}")
+        } else {
+            self.http.public_base_url.clone()
+        }
+    }
+
+    pub fn webhooks(&self, bound: std::net::SocketAddr) -> Result<waypost_api::WebhookConfig> {
         let non_empty = |v: &str| Some(v.to_string()).filter(|v| !v.is_empty());
-        waypost_api::WebhookConfig {
-            public_base_url: non_empty(&self.http.public_base_url)
-                .unwrap_or_else(|| format!("http://{bound}")),
+        Ok(waypost_api::WebhookConfig {
+            public_base_url: self.public_base_url(bound),
             meta_app_secret: non_empty(&self.meta.app_secret),
             meta_verify_token: non_empty(&self.meta.verify_token),
-        }
+            gupshup_allowed_ips: self.gupshup.allowed_networks()?,
+        })
     }
 
     /// The effective configuration as TOML, with any password in the database URL masked.
@@ -551,6 +595,50 @@ mod tests {
         assert_eq!(err.code(), ErrorCode::InvalidConfig);
         assert!(err.to_string().contains("listn"), "{err}");
         assert!(!err.to_string().contains('\n'));
+    }
+
+    #[test]
+    fn gupshup_allowed_ips_come_as_a_list_from_the_environment_and_are_checked() {
+        let config = Config::load_from(
+            None,
+            env(&[
+                (
+                    "WAYPOST_GUPSHUP__ALLOWED_IPS",
+                    "203.0.113.7, 198.51.100.0/24",
+                ),
+                // Other values with commas stay strings.
+                ("WAYPOST_HTTP__PUBLIC_BASE_URL", "https://a.example/x,y"),
+            ]),
+        )
+        .unwrap();
+        let listed: Vec<_> = config
+            .gupshup
+            .allowed_ips
+            .iter()
+            .map(|ip| ip.trim())
+            .collect();
+        assert_eq!(listed, ["203.0.113.7", "198.51.100.0/24"]);
+        assert_eq!(config.http.public_base_url, "https://a.example/x,y");
+        config.validate().unwrap();
+        let bound = "127.0.0.1:8080".parse().unwrap();
+        let webhooks = config.webhooks(bound).unwrap();
+        assert!(webhooks.gupshup_source_allowed("198.51.100.9".parse().unwrap()));
+        assert!(webhooks.gupshup_source_allowed("::ffff:203.0.113.7".parse().unwrap()));
+        assert!(!webhooks.gupshup_source_allowed("203.0.113.8".parse().unwrap()));
+        assert!(
+            Config::default()
+                .webhooks(bound)
+                .unwrap()
+                .gupshup_source_allowed("192.0.2.1".parse().unwrap()),
+            "no list: any address"
+        );
+
+        let mut config = Config::default();
+        config.gupshup.allowed_ips = vec!["300.1.1.1".into()];
+        let err = config.validate().unwrap_err();
+        assert_eq!(err.code(), ErrorCode::InvalidConfig);
+        assert!(err.to_string().contains("gupshup.allowed_ips"), "{err}");
+        assert!(err.to_string().contains("300.1.1.1"), "{err}");
     }
 
     #[test]

@@ -79,7 +79,7 @@ pub async fn run(config: Config) -> Result<()> {
     let dispatcher = config.jobs.enabled.then(|| {
         let public = bound.map_or_else(
             || config.http.public_base_url.clone(),
-            |addr| config.webhooks(addr).public_base_url,
+            |addr| config.public_base_url(addr),
         );
         Dispatcher::new(
             store.clone(),
@@ -119,7 +119,7 @@ pub async fn run(config: Config) -> Result<()> {
             .local_addr()
             .map_err(|e| Error::internal("reading the bound address", e))?;
         let mut state = AppState::new(store.clone(), vault.clone(), config.auth());
-        state.webhooks = Arc::new(config.webhooks(addr));
+        state.webhooks = Arc::new(config.webhooks(addr)?);
         state.worker_wake = worker_wake;
         state.dispatch_wake = dispatch_wake;
         let mut app = waypost_api::router(state);

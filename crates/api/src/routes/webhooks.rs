@@ -2,11 +2,14 @@
 //! verified in constant time before anything is parsed, then committed to the tenant's inbox
 //! (with its processing job) before the 200. A bad or missing signature stores nothing.
 
-use std::collections::{BTreeMap, HashMap};
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::SocketAddr,
+};
 
 use axum::{
     body::Bytes,
-    extract::{Query, State},
+    extract::{ConnectInfo, Query, State},
     http::{HeaderMap, StatusCode},
     response::{IntoResponse, Response},
 };
@@ -313,16 +316,21 @@ pub async fn twilio_event(
 }
 
 /// Gupshup's events. Gupshup signs nothing, so the URL carries an unguessable per-channel
-/// secret, compared in constant time.
+/// secret, compared in constant time, and the operator may limit the source addresses
+/// (`gupshup.allowed_ips`).
 #[utoipa::path(post, path = "/webhooks/gupshup/{channel_id}/{path_secret}", tag = "webhooks",
     params(("channel_id" = ChannelId, Path, description = "Channel id"), ("path_secret" = String, Path, description = "The channel's secret")),
     request_body(content = String, content_type = "application/json"),
     responses((status = OK, description = "Stored durably"), (status = FORBIDDEN)))]
 pub async fn gupshup_event(
     State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     ApiPath((channel, presented)): ApiPath<(ChannelId, String)>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
+    if !state.webhooks.gupshup_source_allowed(peer.ip()) {
+        return Ok(rejected("gupshup", "source_not_allowed"));
+    }
     let (route, expected) =
         match channel_and_secret(&state, "gupshup", channel, "path_secret").await? {
             Ok(found) => found,

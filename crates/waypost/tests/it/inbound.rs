@@ -22,15 +22,30 @@ const APP_SECRET: &str = "channel-app-secret-123";
 /// `waypost serve` on `url` with a quick worker poll; the scratch folder, the server and the
 /// first-run owner key.
 fn serve_on(url: &str) -> (Scratch, Server, String) {
+    serve_with(url, &[])
+}
+
+/// As `serve_on`, with more configuration in the environment.
+fn serve_with(url: &str, env: &[(&str, &str)]) -> (Scratch, Server, String) {
     let scratch = Scratch::new();
     let args = ["serve", "--listen", "127.0.0.1:0", "--database-url", url];
-    let mut server = Server::start(
-        &scratch.0,
-        &args,
-        &[("WAYPOST_JOBS__POLL_INTERVAL_MS", "50")],
-    );
+    let mut env = env.to_vec();
+    env.push(("WAYPOST_JOBS__POLL_INTERVAL_MS", "50"));
+    let mut server = Server::start(&scratch.0, &args, &env);
     let key = server.wait_for_stdout("  wp_").trim().to_string();
     (scratch, server, key)
+}
+
+/// GET `path` with the key; the JSON answer.
+async fn get_json(client: &reqwest::Client, server: &Server, key: &str, path: &str) -> Value {
+    let response = client.get(server.url(path)).bearer_auth(key).send().await;
+    response.unwrap().json().await.unwrap()
+}
+
+/// The Prometheus exposition.
+async fn metrics_text(client: &reqwest::Client, server: &Server) -> String {
+    let response = client.get(server.url("/metrics")).send().await;
+    response.unwrap().text().await.unwrap()
 }
 
 pub(crate) async fn wait_for_messages(
@@ -41,26 +56,11 @@ pub(crate) async fn wait_for_messages(
 ) -> (Value, Value) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     loop {
-        let conversations: Value = client
-            .get(server.url("/api/v1/conversations"))
-            .bearer_auth(key)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let conversations = get_json(client, server, key, "/api/v1/conversations").await;
         if let Some(first) = conversations["data"].as_array().and_then(|a| a.first()) {
             let id = first["id"].as_str().unwrap();
-            let messages: Value = client
-                .get(server.url(&format!("/api/v1/conversations/{id}/messages")))
-                .bearer_auth(key)
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
+            let path = format!("/api/v1/conversations/{id}/messages");
+            let messages = get_json(client, server, key, &path).await;
             if messages["data"].as_array().unwrap().len() >= count {
                 return (conversations, messages);
             }
@@ -178,14 +178,7 @@ async fn signed_webhooks_become_conversations_once() {
         );
         assert_eq!(list[1]["referral"]["ctwa_clid"], "ARAbc123ClickId");
 
-        let metrics = client
-            .get(server.url("/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let metrics = metrics_text(&client, &server).await;
         assert!(
             metrics.contains(
                 "waypost_webhooks_rejected_total{provider=\"meta\",reason=\"bad_signature\"} 1"
@@ -873,15 +866,7 @@ async fn a_standalone_simulator_feeds_a_channel() {
     );
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     loop {
-        let conversations: Value = client
-            .get(server.url("/api/v1/conversations"))
-            .bearer_auth(&key)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let conversations = get_json(&client, &server, &key, "/api/v1/conversations").await;
         if conversations["data"][0]["contact_bsuid"] == "US.4242" {
             break;
         }
@@ -903,4 +888,55 @@ async fn a_standalone_simulator_feeds_a_channel() {
         &[],
     );
     crate::process::assert_one_line_error(&out, "cannot reach the simulator");
+}
+
+/// Gupshup signs nothing: besides the secret in the callback URL, the operator may accept its
+/// webhooks only from Gupshup's addresses. A refused one stores nothing.
+#[tokio::test]
+async fn gupshup_webhooks_from_outside_the_allowed_networks_are_refused() {
+    let body = br#"{"app":"DemoApp","timestamp":1580227766370,"version":2,"type":"message","payload":{"id":"ABEG9","source":"918898000214","type":"text","payload":{"text":"Hi"},"sender":{"phone":"918898000214","name":"Andy"}}}"#;
+    for (allowed, expected) in [
+        ("192.0.2.0/24, 2001:db8::/32", 403),
+        ("192.0.2.0/24, 127.0.0.1", 200),
+    ] {
+        let db = waypost_store::testkit::TestDb::sqlite();
+        let (_scratch, server, key) =
+            serve_with(&db.url, &[("WAYPOST_GUPSHUP__ALLOWED_IPS", allowed)]);
+        let client = reqwest::Client::new();
+        let channel: Value = client.post(server.url("/api/v1/channels")).bearer_auth(&key)
+            .json(&json!({"provider": "gupshup", "name": "G", "display_number": "+918898000000", "api_key": "gs-key-1234"}))
+            .send().await.unwrap().json().await.unwrap();
+        let callback = channel["webhook"]["callback_url"].as_str().unwrap();
+        let status = client
+            .post(callback)
+            .body(body.to_vec())
+            .send()
+            .await
+            .unwrap()
+            .status();
+        assert_eq!(status, expected, "allowed: {allowed}");
+        if expected == 200 {
+            let (_, messages) = wait_for_messages(&client, &server, &key, 1).await;
+            assert_eq!(
+                messages["data"][0]["content"],
+                json!({"type": "text", "body": "Hi"})
+            );
+            continue;
+        }
+        let metrics = metrics_text(&client, &server).await;
+        assert!(
+            metrics
+                .lines()
+                .any(|l| l.starts_with("waypost_webhooks_rejected_total")
+                    && l.contains(r#"reason="source_not_allowed""#)),
+            "{metrics}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let conversations = get_json(&client, &server, &key, "/api/v1/conversations").await;
+        assert_eq!(
+            conversations["data"],
+            json!([]),
+            "a refused webhook was stored"
+        );
+    }
 }
