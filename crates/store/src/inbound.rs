@@ -689,10 +689,15 @@ impl Tx<Tenant> {
         let tenant = self.tenant();
         let now = Timestamp::now().as_millis();
         let existing = on_conn!(&mut self.conn, |c| {
+            // Two unique-index lookups, not one OR: a prepared statement's generic plan, chosen
+            // while the table was small, turned the OR into a sequential scan that grew with
+            // every contact (found by the dispatch benchmark). `= NULL` matches nothing.
             sqlx::query_scalar::<_, Uuid>(
-                "SELECT id FROM contacts WHERE tenant_id = $1 \
-                 AND ((wa_id IS NOT NULL AND wa_id = $2) OR (bsuid IS NOT NULL AND bsuid = $3)) \
-                 ORDER BY created_at LIMIT 1",
+                "SELECT id FROM (\
+                 SELECT id, created_at FROM contacts WHERE tenant_id = $1 AND wa_id = $2 \
+                 UNION ALL \
+                 SELECT id, created_at FROM contacts WHERE tenant_id = $1 AND bsuid = $3\
+                 ) AS found ORDER BY created_at LIMIT 1",
             )
             .bind(tenant.as_uuid())
             .bind(&who.wa_id)
