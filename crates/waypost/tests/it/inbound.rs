@@ -258,15 +258,7 @@ fn text_webhook(wamid: &str) -> Vec<u8> {
 }
 
 async fn all_message_ids(client: &reqwest::Client, server: &Server, key: &str) -> Vec<String> {
-    let conversations: Value = client
-        .get(server.url("/api/v1/conversations"))
-        .bearer_auth(key)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let conversations = get_json(client, server, key, "/api/v1/conversations").await;
     let Some(id) = conversations["data"][0]["id"].as_str() else {
         return Vec::new();
     };
@@ -560,15 +552,7 @@ async fn bsp_webhooks_are_authenticated_and_processed() {
 
         let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
         loop {
-            let conversations: Value = client
-                .get(server.url("/api/v1/conversations"))
-                .bearer_auth(&key)
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
+            let conversations = get_json(&client, &server, &key, "/api/v1/conversations").await;
             let wa_ids: Vec<_> = conversations["data"]
                 .as_array()
                 .unwrap()
@@ -684,15 +668,7 @@ async fn media_streams_from_the_provider_with_the_channels_token() {
 }
 
 async fn conversation_wa_ids(client: &reqwest::Client, server: &Server, key: &str) -> Vec<String> {
-    let conversations: Value = client
-        .get(server.url("/api/v1/conversations"))
-        .bearer_auth(key)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let conversations = get_json(client, server, key, "/api/v1/conversations").await;
     conversations["data"]
         .as_array()
         .unwrap()
@@ -730,15 +706,7 @@ async fn the_first_run_demo_shows_simulated_customers_writing_in() {
     server.wait_for_stdout("SIMULATED WhatsApp number");
     let client = reqwest::Client::new();
     eventually_wa_ids(&client, &server, &key, &["15550100001"]).await;
-    let channels: Value = client
-        .get(server.url("/api/v1/channels"))
-        .bearer_auth(&key)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let channels = get_json(&client, &server, &key, "/api/v1/channels").await;
     assert_eq!(channels["data"][0]["name"], "Demo number (simulated)");
 
     // The README's reply goes out through the in-process simulator and comes back read.
@@ -758,15 +726,7 @@ async fn the_first_run_demo_shows_simulated_customers_writing_in() {
         .to_string();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     loop {
-        let message: Value = client
-            .get(server.url(&format!("/api/v1/messages/{id}")))
-            .bearer_auth(&key)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let message = get_json(&client, &server, &key, &format!("/api/v1/messages/{id}")).await;
         if message["status"] == "read" {
             break;
         }
