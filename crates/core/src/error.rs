@@ -42,6 +42,9 @@ pub enum ErrorCode {
     TemplateInvalid,
     /// An `Idempotency-Key` reused with a different request.
     IdempotencyKeyReused,
+    /// The egress policy refuses the destination (a private, loopback or otherwise internal
+    /// address, or a host the provider does not serve media from).
+    EgressRefused,
     /// Anything unexpected. Details are logged, never returned.
     Internal,
 }
@@ -64,6 +67,7 @@ impl ErrorCode {
         Self::ContactOptedOut,
         Self::TemplateInvalid,
         Self::IdempotencyKeyReused,
+        Self::EgressRefused,
         Self::Internal,
     ];
 
@@ -85,6 +89,7 @@ impl ErrorCode {
             Self::ContactOptedOut => "contact_opted_out",
             Self::TemplateInvalid => "template_invalid",
             Self::IdempotencyKeyReused => "idempotency_key_reused",
+            Self::EgressRefused => "egress_refused",
             Self::Internal => "internal",
         }
     }
@@ -96,7 +101,8 @@ impl ErrorCode {
             | Self::WindowClosed
             | Self::ContactOptedOut
             | Self::TemplateInvalid
-            | Self::IdempotencyKeyReused => 422,
+            | Self::IdempotencyKeyReused
+            | Self::EgressRefused => 422,
             Self::Unauthorized => 401,
             Self::Forbidden => 403,
             Self::NotFound => 404,
@@ -128,6 +134,7 @@ impl ErrorCode {
             Self::ContactOptedOut => "The contact opted out of marketing",
             Self::TemplateInvalid => "The template cannot be sent like this",
             Self::IdempotencyKeyReused => "Idempotency key reused with a different request",
+            Self::EgressRefused => "The destination is not allowed by the egress policy",
             Self::Internal => "Internal error",
         }
     }
