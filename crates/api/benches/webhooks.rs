@@ -199,7 +199,7 @@ async fn waypost(db: &TestDb, concurrency: u64, seconds: u64) -> (Run, i64) {
     let addr = listener.local_addr().unwrap();
     let path = format!("/webhooks/meta/{}", channel.id);
     let shutdown = CancellationToken::new();
-    let state = AppState::new(store.clone(), vault, AuthConfig::default());
+    let state = AppState::new(store.clone(), vault, AuthConfig::default()).unwrap();
     tokio::spawn(waypost_api::serve(listener, state, shutdown.clone()));
     let run = load(addr, path, concurrency, seconds).await;
     shutdown.cancel();

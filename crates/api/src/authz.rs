@@ -109,6 +109,7 @@ pub const ROUTE_PERMISSIONS: &[(&str, &str, Permission)] = &[
     ("POST", "/api/v1/messages/{id}/read", Permission::SendMessages),
     ("PUT", "/api/v1/channels/{id}/credentials", Permission::ManageChannels),
     ("POST", "/api/v1/channels/{id}/resume", Permission::ManageChannels),
+    ("POST", "/api/v1/channels/{id}/verify", Permission::ManageChannels),
     ("POST", "/api/v1/channels/{id}/templates/sync", Permission::ManageChannels),
     ("POST", "/api/v1/channels/{id}/templates", Permission::ManageChannels),
     ("GET", "/api/v1/templates", Permission::ReadTenant),

@@ -17,7 +17,6 @@ use axum::{Router, http::HeaderName};
 use tokio::{net::TcpListener, sync::Notify};
 use tokio_util::sync::CancellationToken;
 use tower_http::{
-    limit::RequestBodyLimitLayer,
     request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer},
     timeout::TimeoutLayer,
     trace::TraceLayer,
@@ -89,8 +88,9 @@ pub struct AppState {
     pub auth: AuthConfig,
     /// Shared: the state is cloned for every request.
     pub webhooks: Arc<WebhookConfig>,
-    /// For calls to providers (Graph API, BSPs): bounded timeouts, no cookies.
-    pub http: reqwest::Client,
+    /// For calls to providers (Graph API, BSPs) and any other tenant-influenced
+    /// destination: through the egress policy.
+    pub http: waypost_outbound::provider::ProviderHttp,
     /// Group commit for inbound webhooks.
     inbox: inbox::InboxWriter,
     channel_secrets: inbox::ChannelSecrets,
@@ -103,24 +103,30 @@ pub struct AppState {
 }
 
 impl AppState {
-    pub fn new(store: Store, vault: Arc<Vault>, auth: AuthConfig) -> Self {
-        Self {
+    /// The state with the strictest egress policy (public addresses only); `waypost serve`
+    /// replaces `http` with the configured one.
+    pub fn new(store: Store, vault: Arc<Vault>, auth: AuthConfig) -> waypost_core::Result<Self> {
+        let egress = waypost_egress::EgressClient::build(
+            waypost_egress::EgressPolicy::default(),
+            waypost_egress::ClientOptions {
+                timeout: Some(Duration::from_secs(60)),
+                ..Default::default()
+            },
+            Arc::new(waypost_egress::SystemLookup),
+        )?;
+        Ok(Self {
             store: store.clone(),
             vault,
             auth,
             webhooks: Arc::default(),
             inbox: inbox::InboxWriter::start(store.clone()),
             channel_secrets: inbox::ChannelSecrets::default(),
-            http: reqwest::Client::builder()
-                .connect_timeout(Duration::from_secs(5))
-                .timeout(Duration::from_secs(60))
-                .build()
-                .unwrap_or_default(),
+            http: waypost_outbound::provider::ProviderHttp::new(egress),
             metrics: install_recorder(),
             worker_wake: None,
             dispatch_wake: None,
             openapi: Arc::new(openapi()),
-        }
+        })
     }
 }
 
@@ -129,19 +135,19 @@ const MAX_BODY_BYTES: usize = 1024 * 1024;
 const MAX_UPLOAD_BYTES: usize = 100 * 1024 * 1024;
 const UPLOAD_ROUTE: &str = "/api/v1/media";
 
-/// Caps request bodies at 1 MiB, except media uploads.
+/// Caps request bodies at 1 MiB, except media uploads (100 MiB): a declared length over the
+/// limit is refused at once, a chunked body when it crosses the limit. Axum's own 2 MB
+/// default is lifted so this is the only limit.
 async fn limit_body(
-    matched: Option<axum::extract::MatchedPath>,
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> axum::response::Response {
-    let limit = if matched.as_ref().map(|m| m.as_str()) == Some(UPLOAD_ROUTE)
-        && request.method() == axum::http::Method::POST
-    {
-        MAX_UPLOAD_BYTES
-    } else {
-        MAX_BODY_BYTES
-    };
+    let limit =
+        if request.uri().path() == UPLOAD_ROUTE && request.method() == axum::http::Method::POST {
+            MAX_UPLOAD_BYTES
+        } else {
+            MAX_BODY_BYTES
+        };
     let declared = request
         .headers()
         .get(axum::http::header::CONTENT_LENGTH)
@@ -157,6 +163,59 @@ async fn limit_body(
         request.map(|body| axum::body::Body::new(http_body_util::Limited::new(body, limit)));
     next.run(request).await
 }
+
+/// Answers the framework's own bare error responses (a body over the limit read by an
+/// extractor, a timeout) as problem documents like every other error.
+async fn problem_for_bare_errors(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::http::StatusCode;
+    use waypost_core::ErrorCode;
+    let response = next.run(request).await;
+    let is_problem = response
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/problem+json"));
+    let code = match response.status() {
+        _ if is_problem => return response,
+        StatusCode::PAYLOAD_TOO_LARGE => ErrorCode::PayloadTooLarge,
+        StatusCode::REQUEST_TIMEOUT | StatusCode::SERVICE_UNAVAILABLE => ErrorCode::Unavailable,
+        StatusCode::UNSUPPORTED_MEDIA_TYPE | StatusCode::BAD_REQUEST => ErrorCode::InvalidRequest,
+        _ => return response,
+    };
+    let detail = match code {
+        ErrorCode::PayloadTooLarge => "the body is larger than this route accepts",
+        ErrorCode::Unavailable => "the request took too long",
+        _ => "the request is malformed",
+    };
+    axum::response::IntoResponse::into_response(ApiError(waypost_core::Error::new(code, detail)))
+}
+
+/// Headers every answer of the server carries (media downloads set a stricter policy).
+async fn security_headers(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::http::{HeaderValue, header};
+    let mut response = next.run(request).await;
+    let headers = response.headers_mut();
+    let defaults = [
+        (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        (header::REFERRER_POLICY, "no-referrer"),
+        (header::X_FRAME_OPTIONS, "DENY"),
+        (
+            header::CONTENT_SECURITY_POLICY,
+            "default-src 'none'; frame-ancestors 'none'",
+        ),
+    ];
+    for (name, value) in defaults {
+        if !headers.contains_key(&name) {
+            headers.insert(name, HeaderValue::from_static(value));
+        }
+    }
+    response
+}
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The OpenAPI document, as served at `/api/openapi.json`.
@@ -167,23 +226,24 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
 pub fn router(state: AppState) -> Router {
     let request_id = HeaderName::from_static("x-request-id");
     let (api, _) = routes::router();
-    api.route_layer(axum::middleware::from_fn(limit_body))
-        .route_layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            authz::authorize,
-        ))
-        .route_layer(axum::middleware::from_fn(metrics::track_requests))
-        .fallback(problem::not_found)
-        .method_not_allowed_fallback(problem::method_not_allowed)
-        .with_state(state)
-        .layer(RequestBodyLimitLayer::new(MAX_UPLOAD_BYTES))
-        .layer(TimeoutLayer::with_status_code(
-            axum::http::StatusCode::SERVICE_UNAVAILABLE,
-            REQUEST_TIMEOUT,
-        ))
-        .layer(TraceLayer::new_for_http())
-        .layer(PropagateRequestIdLayer::new(request_id.clone()))
-        .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
+    api.route_layer(axum::middleware::from_fn_with_state(
+        state.clone(),
+        authz::authorize,
+    ))
+    .route_layer(axum::middleware::from_fn(metrics::track_requests))
+    .fallback(problem::not_found)
+    .method_not_allowed_fallback(problem::method_not_allowed)
+    .with_state(state)
+    .layer(axum::extract::DefaultBodyLimit::disable())
+    .layer(axum::middleware::from_fn(limit_body))
+    .layer(TimeoutLayer::with_status_code(
+        axum::http::StatusCode::SERVICE_UNAVAILABLE,
+        REQUEST_TIMEOUT,
+    ))
+    .layer(axum::middleware::from_fn(problem_for_bare_errors))
+    .layer(TraceLayer::new_for_http())
+    .layer(PropagateRequestIdLayer::new(request_id.clone()))
+    .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
 }
 
 /// Serves `app` (the API router, possibly with more merged in) until `shutdown` fires, then
@@ -193,6 +253,7 @@ pub async fn serve_app(
     app: Router,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
+    let app = app.layer(axum::middleware::from_fn(security_headers));
     axum::serve(
         listener,
         app.into_make_service_with_connect_info::<SocketAddr>(),

@@ -12,8 +12,8 @@ use waypost_outbound::{
     OutboundContent, QueueRequest, Recipient, provider::explain, send::record_marketing_stop,
 };
 use waypost_providers::{
-    InboundEvent, InboundMessage, MessageContent, StatusUpdate, UserRef, bird, gupshup, meta,
-    twilio,
+    ChannelRef, InboundEvent, InboundMessage, MessageContent, StatusUpdate, UserRef, bird, gupshup,
+    meta, twilio,
 };
 use waypost_store::{
     Channel, ConsentSettings, ContactIdentity, LANE_TRANSACTIONAL, MARKETING, NewInboundMessage,
@@ -137,12 +137,7 @@ pub async fn process(tx: &mut Tx<TenantScope>, inbox_id: InboxId) -> Result<Proc
         }
     };
     for event in events {
-        // A platform-app webhook may carry other numbers' changes; each channel takes its own.
-        let event_number = event_phone_number_id(&event);
-        if event_number.is_some()
-            && channel.phone_number_id.is_some()
-            && event_number != channel.phone_number_id.as_deref()
-        {
+        if !belongs_to(&channel, &event) {
             continue;
         }
         match event {
@@ -229,8 +224,23 @@ pub async fn process(tx: &mut Tx<TenantScope>, inbox_id: InboxId) -> Result<Proc
     Ok(done)
 }
 
-fn event_phone_number_id(event: &InboundEvent) -> Option<&str> {
-    let channel = match event {
+/// A webhook may carry other numbers' and other accounts' changes (the platform app's come
+/// whole to every channel they concern); each channel takes its own: changes of its number,
+/// and account-wide updates of its WhatsApp Business Account.
+fn belongs_to(channel: &Channel, event: &InboundEvent) -> bool {
+    let of = event_channel(event);
+    match (&of.phone_number_id, &channel.phone_number_id) {
+        (Some(number), Some(ours)) => number == ours,
+        (Some(_), None) => true,
+        (None, _) => match (&of.waba_id, &channel.waba_id) {
+            (Some(account), Some(ours)) => account == ours,
+            _ => true,
+        },
+    }
+}
+
+fn event_channel(event: &InboundEvent) -> &ChannelRef {
+    match event {
         InboundEvent::Message(m) => &m.channel,
         InboundEvent::Status(s) => &s.channel,
         InboundEvent::Template(t) => &t.channel,
@@ -238,8 +248,7 @@ fn event_phone_number_id(event: &InboundEvent) -> Option<&str> {
         InboundEvent::Account { channel, .. }
         | InboundEvent::Errors { channel, .. }
         | InboundEvent::Unknown { channel, .. } => channel,
-    };
-    channel.phone_number_id.as_deref()
+    }
 }
 
 fn identity(user: &UserRef) -> ContactIdentity {

@@ -27,8 +27,8 @@ use waypost_vault::Vault;
 
 use crate::{
     provider::{
-        Attempt, ClientConfig, Credentials, Provider, ProviderFailure, Reaction, SendRequest,
-        client_for, load_credentials, react,
+        Attempt, ClientConfig, Credentials, Provider, ProviderFailure, ProviderHttp, Reaction,
+        SendRequest, client_for, load_credentials, react,
     },
     send::{OutboxPayload, record_marketing_stop},
 };
@@ -78,7 +78,7 @@ impl Default for DispatcherConfig {
 pub struct Dispatcher {
     store: Store,
     vault: Arc<Vault>,
-    http: reqwest::Client,
+    http: ProviderHttp,
     config: Arc<DispatcherConfig>,
     wake: Waker,
 }
@@ -129,7 +129,7 @@ impl Dispatcher {
     pub fn new(
         store: Store,
         vault: Arc<Vault>,
-        http: reqwest::Client,
+        http: ProviderHttp,
         config: DispatcherConfig,
     ) -> Self {
         Self {
@@ -578,6 +578,15 @@ impl SendOne {
                 retry_later(json!({"code": "unreachable", "message": why})),
                 Effect::None,
                 "unreachable",
+            ),
+            // A channel pointed at an internal address fails its messages with the reason,
+            // rather than retrying what the policy will keep refusing.
+            Attempt::Refused(why) => (
+                SendOutcome::Failed {
+                    error: json!({"code": ErrorCode::EgressRefused, "message": why}),
+                },
+                Effect::None,
+                "egress_refused",
             ),
             Attempt::Ambiguous(why) => (
                 SendOutcome::Unknown {

@@ -106,6 +106,51 @@ pub struct TemplateLanguage {
     pub code: String,
 }
 
+/// The media types WhatsApp carries (Cloud API "supported media types") and the usual file
+/// extension of each: anything else is refused on upload and served as
+/// `application/octet-stream` when downloaded.
+pub const MEDIA_TYPES: &[(&str, &str)] = &[
+    ("audio/aac", "aac"),
+    ("audio/amr", "amr"),
+    ("audio/mp4", "m4a"),
+    ("audio/mpeg", "mp3"),
+    ("audio/ogg", "ogg"),
+    ("image/jpeg", "jpg"),
+    ("image/png", "png"),
+    ("image/webp", "webp"),
+    ("video/3gpp", "3gp"),
+    ("video/mp4", "mp4"),
+    ("text/plain", "txt"),
+    ("application/pdf", "pdf"),
+    ("application/msword", "doc"),
+    ("application/vnd.ms-excel", "xls"),
+    ("application/vnd.ms-powerpoint", "ppt"),
+    (
+        "application/vnd.openxmlformats-officedocument.wordprocessingml.document",
+        "docx",
+    ),
+    (
+        "application/vnd.openxmlformats-officedocument.presentationml.presentation",
+        "pptx",
+    ),
+    (
+        "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
+        "xlsx",
+    ),
+];
+
+/// The media type without parameters (`audio/ogg; codecs=opus` → `audio/ogg`), lower case,
+/// and its file extension, if WhatsApp carries it.
+pub fn whatsapp_media_type(content_type: &str) -> Option<(&'static str, &'static str)> {
+    let essence = content_type
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    MEDIA_TYPES.iter().copied().find(|(t, _)| *t == essence)
+}
+
 /// Meta's limits (characters), checked before anything is queued.
 const TEXT_MAX: usize = 4096;
 const CAPTION_MAX: usize = 1024;

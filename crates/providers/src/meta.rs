@@ -117,9 +117,19 @@ pub fn parse(body: &[u8]) -> Result<Vec<InboundEvent>, ParseError> {
     Ok(events)
 }
 
-/// The `phone_number_id` of every change, to route a platform-app webhook to its channels
-/// before it is stored (cheap: no normalization).
-pub fn phone_number_ids(body: &[u8]) -> Result<Vec<Option<String>>, ParseError> {
+/// Where one change of a platform-app webhook goes: messages and statuses to the channel of
+/// their number, account-wide updates (templates, quality, account notices) to the channels of
+/// the WhatsApp Business Account named by the entry.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub enum RouteKey {
+    Number(String),
+    Account(String),
+    /// Neither: kept unrouted.
+    Unknown,
+}
+
+/// The route of every change, read before the body is stored (cheap: no normalization).
+pub fn route_keys(body: &[u8]) -> Result<Vec<RouteKey>, ParseError> {
     let root: Value =
         serde_json::from_slice(body).map_err(|e| ParseError(format!("not JSON: {e}")))?;
     let entries = root
@@ -128,16 +138,24 @@ pub fn phone_number_ids(body: &[u8]) -> Result<Vec<Option<String>>, ParseError> 
         .ok_or_else(|| ParseError("no entry[]".into()))?;
     Ok(entries
         .iter()
-        .flat_map(|e| {
-            e.get("changes")
+        .flat_map(|entry| {
+            let account = text(entry, "id");
+            entry
+                .get("changes")
                 .and_then(Value::as_array)
                 .into_iter()
                 .flatten()
-        })
-        .map(|c| {
-            c.get("value")
-                .and_then(|v| v.get("metadata"))
-                .and_then(|m| text(m, "phone_number_id"))
+                .map(move |change| {
+                    let number = change
+                        .get("value")
+                        .and_then(|v| v.get("metadata"))
+                        .and_then(|m| text(m, "phone_number_id"));
+                    match (number, &account) {
+                        (Some(number), _) => RouteKey::Number(number),
+                        (None, Some(account)) => RouteKey::Account(account.clone()),
+                        (None, None) => RouteKey::Unknown,
+                    }
+                })
         })
         .collect())
 }

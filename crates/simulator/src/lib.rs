@@ -27,7 +27,7 @@ use std::{
 
 use axum::{
     Json, Router,
-    extract::{Path, State},
+    extract::{DefaultBodyLimit, Path, State},
     http::StatusCode,
     response::{IntoResponse, Response},
     routing::{get, post},
@@ -53,6 +53,9 @@ pub struct SimulatorConfig {
     pub pair_burst: u32,
     /// When set, sends must carry this bearer token (else error 190).
     pub access_token: Option<String>,
+    /// When set, the control routes (inject, stats, numbers, faults) require
+    /// `Authorization: Bearer <token>`: inside `waypost serve` they sit on the server's port.
+    pub control_token: Option<String>,
     /// Share of accepted sends that later fail (0.0 to 1.0), and with which error code.
     pub failure_rate: f64,
     pub failure_code: i64,
@@ -72,6 +75,7 @@ impl Default for SimulatorConfig {
             pair_interval: Duration::from_secs(6),
             pair_burst: 3,
             access_token: None,
+            control_token: None,
             failure_rate: 0.0,
             failure_code: 131_026,
             status_delay: Duration::from_millis(200),
@@ -90,6 +94,8 @@ pub struct Stats {
     /// Milliseconds since the first accepted send, per recipient (for pacing checks).
     pub send_times_by_recipient: HashMap<String, Vec<u64>>,
     pub media_uploads: u64,
+    /// Bytes received by uploads (multipart framing included).
+    pub uploaded_bytes: u64,
     pub reads: u64,
     pub webhooks_delivered: u64,
     pub webhooks_failed: u64,
@@ -103,6 +109,9 @@ pub struct NumberConfig {
     pub throughput_mps: u32,
     #[serde(default)]
     pub display_number: Option<String>,
+    /// The WhatsApp Business Account the number belongs to (default: the configured one).
+    #[serde(default)]
+    pub waba_id: Option<String>,
 }
 
 struct NumberState {
@@ -129,6 +138,7 @@ fn configured_number(config: &SimulatorConfig) -> NumberConfig {
         app_secret: config.app_secret.clone(),
         throughput_mps: config.throughput_mps,
         display_number: Some(config.display_number.clone()),
+        waba_id: Some(config.waba_id.clone()),
     }
 }
 
@@ -145,6 +155,11 @@ struct Inner {
     started: Instant,
     stats: Stats,
 }
+
+/// The largest body the simulator reads, uploads aside.
+const MAX_BODY_BYTES: usize = 1024 * 1024;
+/// WhatsApp's largest media file (documents).
+const MAX_UPLOAD_BYTES: u64 = 100 * 1024 * 1024;
 
 #[derive(Clone)]
 pub struct Simulator {
@@ -233,8 +248,11 @@ impl Simulator {
         self.with(|i| i.stats.clone()).unwrap_or_default()
     }
 
+    /// The simulator's routes. The Graph API routes check the number's access token like
+    /// Meta; the control routes need the control token when one is configured. Bodies are
+    /// limited like the API's: 1 MiB, uploads 100 MiB (streamed, never held whole).
     pub fn router(&self) -> Router {
-        Router::new()
+        let control = Router::new()
             .route("/simulator/inbound", post(inject_handler))
             .route("/simulator/stats", get(stats_handler))
             .route(
@@ -242,20 +260,34 @@ impl Simulator {
                 axum::routing::put(number_handler),
             )
             .route("/simulator/faults", post(faults_handler))
+            .route_layer(axum::middleware::from_fn_with_state(
+                self.clone(),
+                require_control_token,
+            ));
+        let upload = Router::new()
             .route(
                 "/simulator/graph/{version}/{id}/media",
                 post(upload_handler),
             )
+            .layer(DefaultBodyLimit::disable());
+        Router::new()
             .route("/simulator/media/{id}", get(media_bytes))
             .route(
                 "/simulator/graph/{version}/{id}/messages",
                 post(send_handler),
             )
-            .route("/simulator/graph/{version}/{id}", get(media_info))
+            .route("/simulator/graph/{version}/{id}", get(graph_object))
+            .route(
+                "/simulator/graph/{version}/{id}/phone_numbers",
+                get(phone_numbers),
+            )
             .route(
                 "/simulator/graph/{version}/{id}/message_templates",
                 get(templates).post(create_template).delete(delete_template),
             )
+            .merge(control)
+            .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+            .merge(upload)
             .with_state(self.clone())
     }
 
@@ -331,11 +363,15 @@ impl Simulator {
     fn envelope(&self, phone_number_id: &str, value: Value) -> Value {
         let (display, waba) = self
             .with(|i| {
+                let number = Self::number_config(i, phone_number_id);
                 (
-                    Self::number_config(i, phone_number_id)
-                        .and_then(|n| n.display_number)
+                    number
+                        .as_ref()
+                        .and_then(|n| n.display_number.clone())
                         .unwrap_or_else(|| i.config.display_number.clone()),
-                    i.config.waba_id.clone(),
+                    number
+                        .and_then(|n| n.waba_id)
+                        .unwrap_or_else(|| i.config.waba_id.clone()),
                 )
             })
             .unwrap_or_default();
@@ -529,12 +565,33 @@ async fn stats_handler(State(sim): State<Simulator>) -> Json<Stats> {
     Json(sim.stats())
 }
 
-fn authorized(sim: &Simulator, headers: &axum::http::HeaderMap) -> bool {
-    let expected = sim.with(|i| i.config.access_token.clone()).flatten();
-    let given = headers
+fn bearer(headers: &axum::http::HeaderMap) -> Option<&str> {
+    headers
         .get("authorization")
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
+        .and_then(|v| v.strip_prefix("Bearer "))
+}
+
+/// The control routes answer only to the control token, when one is configured.
+async fn require_control_token(
+    State(sim): State<Simulator>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let expected = sim.with(|i| i.config.control_token.clone()).flatten();
+    match expected {
+        Some(token) if bearer(request.headers()) != Some(token.as_str()) => (
+            StatusCode::UNAUTHORIZED,
+            Json(json!({"error": "the simulator's control routes need Authorization: Bearer <simulator token>"})),
+        )
+            .into_response(),
+        _ => next.run(request).await,
+    }
+}
+
+fn authorized(sim: &Simulator, headers: &axum::http::HeaderMap) -> bool {
+    let expected = sim.with(|i| i.config.access_token.clone()).flatten();
+    let given = bearer(headers);
     match expected {
         Some(token) => given == Some(token.as_str()),
         None => given.is_some(),
@@ -629,30 +686,51 @@ async fn faults_handler(State(sim): State<Simulator>, Json(faults): Json<Faults>
     StatusCode::NO_CONTENT
 }
 
+/// Reads the upload as it streams in (counting, keeping nothing), like a file store would.
 async fn upload_handler(
     State(sim): State<Simulator>,
     headers: axum::http::HeaderMap,
-    body: axum::body::Bytes,
+    body: axum::body::Body,
 ) -> Response {
+    use futures_util::StreamExt;
     if !authorized(&sim, &headers) {
         return invalid_token();
     }
-    if body.is_empty() {
+    let mut stream = body.into_data_stream();
+    let mut size = 0u64;
+    while let Some(chunk) = stream.next().await {
+        let Ok(chunk) = chunk else {
+            return graph_error(131_053, "Media upload error: the upload was cut");
+        };
+        size += chunk.len() as u64;
+        if size > MAX_UPLOAD_BYTES {
+            return graph_error(131_053, "Media upload error: the file is too large");
+        }
+    }
+    if size == 0 {
         return graph_error(100, "Param file is required");
     }
-    sim.with(|i| i.stats.media_uploads += 1);
+    sim.with(|i| {
+        i.stats.media_uploads += 1;
+        i.stats.uploaded_bytes += size;
+    });
     Json(json!({"id": format!("sim-upload-{}", uuid::Uuid::now_v7().simple())})).into_response()
 }
 
-async fn media_info(
+/// `GET /{id}`: a phone number the simulator serves (its profile, as Meta answers with
+/// `fields=display_phone_number,verified_name,quality_rating,messaging_limit_tier`), else a
+/// media id's download URL.
+async fn graph_object(
     State(sim): State<Simulator>,
     Path((_version, id)): Path<(String, String)>,
     headers: axum::http::HeaderMap,
 ) -> Response {
-    if headers.get("authorization").is_none() {
-        return graph_error(190, "Invalid OAuth access token");
+    if !authorized(&sim, &headers) {
+        return invalid_token();
     }
-    let _ = sim;
+    if let Some(number) = sim.with(|i| Simulator::number_config(i, &id)).flatten() {
+        return Json(number_profile(&id, &number)).into_response();
+    }
     let host = headers
         .get("host")
         .and_then(|h| h.to_str().ok())
@@ -662,12 +740,53 @@ async fn media_info(
     .into_response()
 }
 
-/// A tiny PNG signature stands in for every file.
-async fn media_bytes() -> impl IntoResponse {
+fn number_profile(id: &str, number: &NumberConfig) -> Value {
+    json!({"id": id, "display_phone_number": number.display_number.clone().unwrap_or_default(),
+        "verified_name": "Simulated business", "quality_rating": "GREEN",
+        "messaging_limit_tier": "TIER_1K", "throughput": {"level": "STANDARD"}})
+}
+
+/// `GET /{waba_id}/phone_numbers`: the numbers of one business account.
+async fn phone_numbers(
+    State(sim): State<Simulator>,
+    Path((_version, waba)): Path<(String, String)>,
+    headers: axum::http::HeaderMap,
+) -> Response {
+    if !authorized(&sim, &headers) {
+        return invalid_token();
+    }
+    let numbers = sim
+        .with(|i| {
+            let mut all: Vec<(String, NumberConfig)> = i
+                .numbers
+                .iter()
+                .map(|(id, n)| (id.clone(), n.config.clone()))
+                .collect();
+            if !i.numbers.contains_key(&i.config.phone_number_id) {
+                all.push((
+                    i.config.phone_number_id.clone(),
+                    configured_number(&i.config),
+                ));
+            }
+            all.into_iter()
+                .filter(|(_, n)| n.waba_id.as_deref().unwrap_or(&i.config.waba_id) == waba)
+                .map(|(id, n)| number_profile(&id, &n))
+                .collect::<Vec<_>>()
+        })
+        .unwrap_or_default();
+    Json(json!({"data": numbers})).into_response()
+}
+
+/// A tiny PNG signature stands in for every file; like Meta's media host it wants the token.
+async fn media_bytes(State(sim): State<Simulator>, headers: axum::http::HeaderMap) -> Response {
+    if !authorized(&sim, &headers) {
+        return invalid_token();
+    }
     (
         [(axum::http::header::CONTENT_TYPE, "image/png")],
         &b"\x89PNG\r\n\x1a\n"[..],
     )
+        .into_response()
 }
 
 fn template_object(name: &str, category: &str, body: &str, status: &str) -> Value {

@@ -42,7 +42,45 @@ pub struct Channel {
     /// or `credentials_invalid` (held until new credentials are stored).
     pub send_state: String,
     pub send_state_reason: Option<String>,
+    /// Whether the number was checked against the provider with the channel's own
+    /// credentials; the platform app's webhooks reach only verified Meta channels.
+    pub verification: Verification,
+    pub verification_reason: Option<String>,
     pub created_at: Timestamp,
+}
+
+/// The check that a Meta number belongs to the WhatsApp Business Account the channel names,
+/// made with the channel's own token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Verification {
+    /// Not checked yet (queued, or retrying while the provider is unreachable).
+    Pending,
+    Verified,
+    /// The provider said no, or the channel lacks what the check needs; see the reason.
+    Failed,
+    /// BSP channels: their webhooks come only to the channel's own URL.
+    NotNeeded,
+}
+
+impl Verification {
+    fn from_column(provider: &str, value: Option<&str>) -> Self {
+        match value {
+            Some("verified") => Self::Verified,
+            Some("failed") => Self::Failed,
+            _ if provider != "meta" => Self::NotNeeded,
+            _ => Self::Pending,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Verified => "verified",
+            Self::Failed => "failed",
+            Self::NotNeeded => "not_needed",
+        }
+    }
 }
 
 pub struct NewChannel {
@@ -71,11 +109,14 @@ struct ChannelRow {
     graph_api_version: String,
     send_state: String,
     send_state_reason: Option<String>,
+    verification: Option<String>,
+    verification_reason: Option<String>,
     created_at: i64,
 }
 
 impl From<ChannelRow> for Channel {
     fn from(r: ChannelRow) -> Self {
+        let verification = Verification::from_column(&r.provider, r.verification.as_deref());
         Channel {
             id: ChannelId::from_uuid(r.id),
             provider: r.provider,
@@ -89,6 +130,8 @@ impl From<ChannelRow> for Channel {
             graph_api_version: r.graph_api_version,
             send_state: r.send_state,
             send_state_reason: r.send_state_reason,
+            verification,
+            verification_reason: r.verification_reason,
             created_at: Timestamp::from_millis(r.created_at),
         }
     }
@@ -97,7 +140,8 @@ impl From<ChannelRow> for Channel {
 macro_rules! channel_columns {
     () => {
         "id, provider, name, phone_number_id, waba_id, display_number, provider_account, throughput_mps, \
-         graph_api_base_url, graph_api_version, send_state, send_state_reason, created_at"
+         graph_api_base_url, graph_api_version, send_state, send_state_reason, verification, \
+         verification_reason, created_at"
     };
 }
 
@@ -280,7 +324,8 @@ impl Tx<Platform> {
         }))
     }
 
-    /// Which channel a provider's phone number id belongs to (the platform's own Meta app).
+    /// Which verified channel a provider's phone number id belongs to (the platform's own
+    /// Meta app).
     pub async fn route_phone_number(
         &mut self,
         provider: &str,
@@ -294,7 +339,7 @@ impl Tx<Platform> {
         let row = on_conn!(&mut self.conn, |c| {
             sqlx::query_as::<_, Row>(
                 "SELECT channel_id, tenant_id FROM channel_directory \
-                 WHERE provider = $1 AND phone_number_id = $2",
+                 WHERE provider = $1 AND phone_number_id = $2 AND verified",
             )
             .bind(provider)
             .bind(phone_number_id)
@@ -306,6 +351,56 @@ impl Tx<Platform> {
             tenant: TenantId::from_uuid(r.tenant_id),
             channel: ChannelId::from_uuid(r.channel_id),
         }))
+    }
+
+    /// The verified channels of a WhatsApp Business Account (for updates that name only the
+    /// account: templates, quality, account notices).
+    pub async fn route_account(
+        &mut self,
+        provider: &str,
+        waba_id: &str,
+    ) -> Result<Vec<ChannelRoute>> {
+        let rows = on_conn!(&mut self.conn, |c| {
+            sqlx::query_as::<_, (Uuid, Uuid)>(
+                "SELECT channel_id, tenant_id FROM channel_directory \
+                 WHERE provider = $1 AND waba_id = $2 AND verified ORDER BY channel_id",
+            )
+            .bind(provider)
+            .bind(waba_id)
+            .fetch_all(c)
+            .await
+        })
+        .map_err(db_error)?;
+        Ok(rows
+            .into_iter()
+            .map(|(channel, tenant)| ChannelRoute {
+                tenant: TenantId::from_uuid(tenant),
+                channel: ChannelId::from_uuid(channel),
+            })
+            .collect())
+    }
+
+    /// Records a verification's outcome where routing reads it: only a verified channel
+    /// receives the platform app's webhooks, by number or by its account.
+    pub async fn set_route_verified(
+        &mut self,
+        channel: ChannelId,
+        waba_id: Option<&str>,
+        verified: bool,
+    ) -> Result<()> {
+        on_conn!(&mut self.conn, |c| {
+            sqlx::query(
+                "UPDATE channel_directory SET waba_id = $2, verified = $3 WHERE channel_id = $1",
+            )
+            .bind(channel.as_uuid())
+            .bind(waba_id)
+            .bind(verified)
+            .execute(c)
+            .await
+            .map(|r| r.rows_affected())
+        })
+        .map_err(db_error)?;
+        Ok(())
     }
 
     pub async fn store_unrouted(&mut self, provider: &str, body: &[u8]) -> Result<()> {
@@ -365,6 +460,7 @@ impl Tx<Platform> {
         })?;
         let mut tx = tx.enter_tenant(tenant).await?;
         let now = Timestamp::now();
+        let verification = Verification::from_column(&new.provider, None);
         let channel = Channel {
             id,
             provider: new.provider,
@@ -378,6 +474,8 @@ impl Tx<Platform> {
             graph_api_version: new.graph_api_version,
             send_state: "active".into(),
             send_state_reason: None,
+            verification,
+            verification_reason: None,
             created_at: now,
         };
         let ch = &channel;
@@ -519,6 +617,33 @@ struct JobColumns {
 }
 
 impl Tx<Tenant> {
+    /// Shows a verification's outcome on the channel (the routing side is
+    /// `Tx<Platform>::set_route_verified`, in the same transaction).
+    pub async fn set_verification(
+        &mut self,
+        channel: ChannelId,
+        state: Verification,
+        reason: Option<&str>,
+    ) -> Result<()> {
+        let tenant = self.tenant();
+        on_conn!(&mut self.conn, |c| {
+            sqlx::query(
+                "UPDATE channels SET verification = $3, verification_reason = $4, updated_at = $5 \
+                 WHERE tenant_id = $1 AND id = $2",
+            )
+            .bind(tenant.as_uuid())
+            .bind(channel.as_uuid())
+            .bind(state.as_str())
+            .bind(reason)
+            .bind(Timestamp::now().as_millis())
+            .execute(c)
+            .await
+            .map(|r| r.rows_affected())
+        })
+        .map_err(db_error)?;
+        Ok(())
+    }
+
     pub async fn get_channel(&mut self, id: ChannelId) -> Result<Channel> {
         let tenant = self.tenant();
         on_conn!(&mut self.conn, |c| {

@@ -25,7 +25,7 @@ pub use connect::{DatabaseUrl, Engine, Identity, Readiness, SqliteSync, Store, S
 pub use contacts::{ConsentEvent, ConsentSettings, Contact, MARKETING};
 pub use inbound::{
     Channel, ChannelRoute, ContactIdentity, Conversation, InboxEntry, IncomingWebhook, NewChannel,
-    NewInboundMessage, SERVICE_WINDOW_MS, StatusChange, StatusOutcome, StoredMessage,
+    NewInboundMessage, SERVICE_WINDOW_MS, StatusChange, StatusOutcome, StoredMessage, Verification,
 };
 pub use jobs::{ClaimedJob, Enqueued, JobRecord, JobState, KindStats, NewJob};
 pub use outbound::{

@@ -272,7 +272,7 @@ async fn scenario(db: &TestDb, channels: usize, mps: u32, seconds: u64) -> Outco
     }
 
     let shutdown = CancellationToken::new();
-    let state = AppState::new(store.clone(), vault.clone(), AuthConfig::default());
+    let state = AppState::new(store.clone(), vault.clone(), AuthConfig::default()).unwrap();
     tokio::spawn(waypost_api::serve(listener, state, shutdown.clone()));
     let worker = Worker::new(
         store.clone(),
@@ -287,10 +287,13 @@ async fn scenario(db: &TestDb, channels: usize, mps: u32, seconds: u64) -> Outco
         },
     );
     tokio::spawn(worker.run(shutdown.clone()));
-    let http = reqwest::Client::builder()
-        .pool_max_idle_per_host(512)
-        .build()
-        .unwrap();
+    // The simulator is on this machine: the egress policy allows loopback for the bench.
+    let http = waypost_outbound::provider::ProviderHttp::new(
+        waypost_egress::EgressClient::new(
+            waypost_egress::EgressPolicy::new(&["127.0.0.0/8"]).unwrap(),
+        )
+        .unwrap(),
+    );
     let dispatcher = Dispatcher::new(
         store.clone(),
         vault,

@@ -94,6 +94,9 @@ pub struct SimulatorArgs {
     /// The error code of those failures.
     #[arg(long, default_value_t = 131_026)]
     pub failure_code: i64,
+    /// Require this token on the control routes (inject, stats, numbers, faults).
+    #[arg(long)]
+    pub token: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -104,6 +107,10 @@ pub enum SimulatorAction {
         /// The simulator's base URL, e.g. http://127.0.0.1:8080 for the built-in demo.
         #[arg(long, default_value = "http://127.0.0.1:8080")]
         url: String,
+        /// The simulator's control token. Omitted: the embedded demo's, read from the data
+        /// folder (the standalone simulator needs one only if started with --token).
+        #[arg(long)]
+        token: Option<String>,
         /// The customer's number, digits with country code.
         #[arg(long)]
         from: Option<String>,

@@ -86,7 +86,7 @@ pub async fn run(cli: Cli) -> Result<()> {
             store.close().await;
             result
         }
-        Command::Simulator(args) => simulator(*args).await,
+        Command::Simulator(args) => simulator(&config, *args).await,
         // Needs no database: it only makes a key.
         Command::Keys(KeysCommand::GenerateMaster) => print_new_master_key(),
         Command::Keys(cmd) => {
@@ -579,10 +579,28 @@ async fn keys(master: MasterKey, store: &Store, cmd: KeysCommand) -> Result<()> 
     Ok(())
 }
 
-async fn simulator(args: SimulatorArgs) -> Result<()> {
+/// The embedded demo's simulator token, when this data folder holds a demo (a standalone
+/// simulator started without `--token` needs none).
+async fn demo_token(config: &Config) -> Result<Option<String>> {
+    let waypost_store::DatabaseUrl::Sqlite(path) = config.database_url()? else {
+        return Ok(None);
+    };
+    if !path.exists() || !config.data_dir.join("master.key").exists() {
+        return Ok(None);
+    }
+    let master = master_key(config)?;
+    let store = open_store(config).await?;
+    let vault = open_vault(&store, master).await?;
+    let token = crate::demo::stored_token(&store, &vault).await;
+    store.close().await;
+    token
+}
+
+async fn simulator(config: &Config, args: SimulatorArgs) -> Result<()> {
     match args.action {
         Some(SimulatorAction::Inject {
             url,
+            token,
             from,
             bsuid,
             name,
@@ -610,18 +628,29 @@ async fn simulator(args: SimulatorArgs) -> Result<()> {
                 message_id: None,
                 object,
             };
+            let token = match token {
+                Some(token) => Some(token),
+                None => demo_token(config).await?,
+            };
             let endpoint = format!("{}/simulator/inbound", url.trim_end_matches('/'));
-            let resp = reqwest::Client::new()
-                .post(&endpoint)
-                .json(&message)
-                .send()
-                .await
-                .map_err(|e| {
-                    Error::new(
-                        ErrorCode::Unavailable,
-                        format!("cannot reach the simulator at {endpoint}: {e}"),
-                    )
-                })?;
+            let mut request = reqwest::Client::new().post(&endpoint).json(&message);
+            if let Some(token) = token {
+                request = request.bearer_auth(token);
+            }
+            let resp = request.send().await.map_err(|e| {
+                Error::new(
+                    ErrorCode::Unavailable,
+                    format!("cannot reach the simulator at {endpoint}: {e}"),
+                )
+            })?;
+            if resp.status() == reqwest::StatusCode::UNAUTHORIZED {
+                return Err(Error::new(
+                    ErrorCode::Unauthorized,
+                    format!(
+                        "the simulator at {endpoint} needs its token: pass --token, or run this in the demo's folder"
+                    ),
+                ));
+            }
             if !resp.status().is_success() {
                 return Err(Error::new(
                     ErrorCode::Unavailable,
@@ -667,6 +696,7 @@ async fn simulator(args: SimulatorArgs) -> Result<()> {
                 throughput_mps: args.throughput_mps,
                 failure_rate: args.failure_rate,
                 failure_code: args.failure_code,
+                control_token: args.token,
                 ..waypost_simulator::SimulatorConfig::default()
             });
             let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {

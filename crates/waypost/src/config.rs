@@ -26,20 +26,63 @@ pub struct Config {
     pub audit: AuditConfig,
     pub meta: MetaConfig,
     pub gupshup: GupshupConfig,
+    pub egress: EgressConfig,
     pub demo: DemoConfig,
+}
+
+/// Requests whose destination a tenant or a webhook body can influence reach only public
+/// addresses, except what is allowed here.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EgressConfig {
+    /// Networks (`10.0.0.0/8`), addresses, `address:port` pairs or host names that may be
+    /// reached although internal.
+    pub allow: Vec<String>,
+    pub media_hosts: MediaHostsConfig,
+}
+
+/// The hosts (and subdomains) each BSP's inbound media may be fetched from, besides the
+/// channel's own API host. Empty: the built-in list.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MediaHostsConfig {
+    pub twilio: Vec<String>,
+    pub gupshup: Vec<String>,
+    pub bird: Vec<String>,
+}
+
+impl EgressConfig {
+    pub fn policy(&self) -> Result<waypost_egress::EgressPolicy> {
+        waypost_egress::EgressPolicy::new(&self.allow)
+    }
+
+    pub fn media_hosts(&self) -> waypost_outbound::provider::MediaHosts {
+        let m = &self.media_hosts;
+        [
+            ("twilio", &m.twilio),
+            ("gupshup", &m.gupshup),
+            ("bird", &m.bird),
+        ]
+        .into_iter()
+        .filter(|(_, hosts)| !hosts.is_empty())
+        .fold(Default::default(), |all, (provider, hosts)| {
+            all.with(provider, hosts.clone())
+        })
+    }
 }
 
 /// The built-in demo: with the embedded database, the first run connects a simulated WhatsApp
 /// number to the Default tenant and has a simulated customer write to it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DemoConfig {
-    pub enabled: bool,
+    /// Unset: only when listening on a loopback address. `true`: on any address. `false`: never.
+    pub enabled: Option<bool>,
 }
 
-impl Default for DemoConfig {
-    fn default() -> Self {
-        Self { enabled: true }
+impl DemoConfig {
+    pub fn runs_on(&self, listen: SocketAddr) -> bool {
+        self.enabled.unwrap_or_else(|| listen.ip().is_loopback())
     }
 }
 
@@ -220,6 +263,7 @@ impl Default for Config {
             audit: AuditConfig::default(),
             meta: MetaConfig::default(),
             gupshup: GupshupConfig::default(),
+            egress: EgressConfig::default(),
             demo: DemoConfig::default(),
         }
     }
@@ -326,9 +370,13 @@ impl Config {
                 .prefix_separator("_")
                 .separator("__")
                 .try_parsing(true)
-                // Only this key is a list: WAYPOST_GUPSHUP__ALLOWED_IPS="a, b/24".
+                // Only these keys are lists: WAYPOST_GUPSHUP__ALLOWED_IPS="a, b/24".
                 .list_separator(",")
                 .with_list_parse_key("gupshup.allowed_ips")
+                .with_list_parse_key("egress.allow")
+                .with_list_parse_key("egress.media_hosts.twilio")
+                .with_list_parse_key("egress.media_hosts.gupshup")
+                .with_list_parse_key("egress.media_hosts.bird")
                 .source(Some(env)),
         );
         let where_ = file.map_or_else(
@@ -353,6 +401,7 @@ impl Config {
         self.database_url()?;
         self.sqlite_sync()?;
         self.gupshup.allowed_networks()?;
+        self.egress.policy()?;
         if !matches!(self.log.format.as_str(), "text" | "json") {
             return Err(invalid(format!(
                 "log.format must be text or json, not {:?}",

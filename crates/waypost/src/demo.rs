@@ -12,13 +12,69 @@ use waypost_store::{AuditEvent, NewChannel, Store};
 use waypost_vault::Vault;
 
 const DEMO_KEY: &str = "demo_channel";
+/// Where the in-process simulator's control token is kept (a secret of the demo tenant).
+const TOKEN_PURPOSE: &str = "demo:simulator_token";
 const DEMO_NUMBER_ID: &str = "100000000000001";
 const DEMO_DISPLAY: &str = "+15550000001";
 
-/// The demo's simulator, and whether the demo channel was created just now.
+/// The demo's simulator, whether the demo channel was created just now, and the token its
+/// control routes (inject, stats, numbers, faults) require.
 pub struct Demo {
     pub simulator: Simulator,
     pub created: bool,
+    pub token: String,
+}
+
+/// The address the demo channel calls the simulator at: the server's own, or loopback on the
+/// same port when it listens on every address.
+pub fn simulator_addr(listen: SocketAddr) -> SocketAddr {
+    match listen.ip() {
+        std::net::IpAddr::V4(ip) if ip.is_unspecified() => {
+            SocketAddr::from(([127, 0, 0, 1], listen.port()))
+        }
+        std::net::IpAddr::V6(ip) if ip.is_unspecified() => {
+            SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, listen.port()))
+        }
+        _ => listen,
+    }
+}
+
+async fn demo_ids(store: &Store) -> Result<Option<(TenantId, ChannelId)>> {
+    Ok(store
+        .platform_read()
+        .await?
+        .platform_value(DEMO_KEY)
+        .await?
+        .as_deref()
+        .and_then(parse_ids))
+}
+
+fn random_token() -> Result<String> {
+    Ok(URL_SAFE_NO_PAD.encode(waypost_api::random_bytes::<24>()?))
+}
+
+/// The embedded demo's simulator token, for `waypost simulator inject`; `None` without a demo.
+pub async fn stored_token(store: &Store, vault: &Vault) -> Result<Option<String>> {
+    let Some((tenant, _)) = demo_ids(store).await? else {
+        return Ok(None);
+    };
+    let mut tx = store.tenant_read(tenant).await?;
+    Ok(vault
+        .reveal(&mut tx, TOKEN_PURPOSE)
+        .await?
+        .map(|t| t.as_str().to_string()))
+}
+
+/// The demo's simulator token, made on first use (demos created before tokens existed too).
+async fn token(store: &Store, vault: &Vault, tenant: TenantId) -> Result<String> {
+    let mut tx = store.tenant(tenant).await?;
+    if let Some(token) = vault.reveal(&mut tx, TOKEN_PURPOSE).await? {
+        return Ok(token.as_str().to_string());
+    }
+    let token = random_token()?;
+    vault.put_secret(&mut tx, TOKEN_PURPOSE, &token).await?;
+    tx.commit().await?;
+    Ok(token)
 }
 
 fn parse_ids(value: &str) -> Option<(TenantId, ChannelId)> {
@@ -34,36 +90,39 @@ pub async fn prepare(
     new_tenant: Option<TenantId>,
     addr: SocketAddr,
 ) -> Result<Option<Demo>> {
-    let existing = store
-        .platform_read()
-        .await?
-        .platform_value(DEMO_KEY)
-        .await?
-        .as_deref()
-        .and_then(parse_ids);
+    let existing = demo_ids(store).await?;
     let (tenant, channel, created) = match (existing, new_tenant) {
         (Some((tenant, channel)), _) => (tenant, channel, false),
         (None, Some(tenant)) => (tenant, create(store, vault, tenant, addr).await?, true),
         (None, None) => return Ok(None),
     };
-    let app_secret = {
+    let (app_secret, access_token) = {
         let mut tx = store.tenant_read(tenant).await?;
-        vault
-            .reveal(&mut tx, &channel_secret_purpose(channel, "app_secret"))
-            .await?
-            .map(|s| s.as_str().to_string())
-            .ok_or_else(|| {
-                Error::internal("the demo channel lost its app secret", "missing secret")
-            })?
+        let mut secret = async |name: &str| -> Result<String> {
+            vault
+                .reveal(&mut tx, &channel_secret_purpose(channel, name))
+                .await?
+                .map(|s| s.as_str().to_string())
+                .ok_or_else(|| Error::internal("the demo channel lost a secret", name.to_string()))
+        };
+        (secret("app_secret").await?, secret("access_token").await?)
     };
+    let token = token(store, vault, tenant).await?;
     let simulator = Simulator::new(SimulatorConfig {
         webhook_url: format!("http://{addr}/webhooks/meta/{channel}"),
         app_secret,
         phone_number_id: DEMO_NUMBER_ID.into(),
         display_number: DEMO_DISPLAY.trim_start_matches('+').into(),
+        // Graph calls need the channel's own token, like Meta; the rest the simulator token.
+        access_token: Some(access_token),
+        control_token: Some(token.clone()),
         ..SimulatorConfig::default()
     });
-    Ok(Some(Demo { simulator, created }))
+    Ok(Some(Demo {
+        simulator,
+        created,
+        token,
+    }))
 }
 
 async fn create(
@@ -72,8 +131,6 @@ async fn create(
     tenant: TenantId,
     addr: SocketAddr,
 ) -> Result<ChannelId> {
-    let random =
-        || -> Result<String> { Ok(URL_SAFE_NO_PAD.encode(waypost_api::random_bytes::<24>()?)) };
     let (mut tx, channel) = store
         .platform()
         .await?
@@ -93,9 +150,9 @@ async fn create(
         )
         .await?;
     for (name, value) in [
-        ("access_token", "simulated-token".to_string()),
-        ("app_secret", random()?),
-        ("verify_token", random()?),
+        ("access_token", random_token()?),
+        ("app_secret", random_token()?),
+        ("verify_token", random_token()?),
     ] {
         vault
             .put_secret(&mut tx, &channel_secret_purpose(channel.id, name), &value)

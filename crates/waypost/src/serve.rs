@@ -43,12 +43,12 @@ pub async fn run(config: Config) -> Result<()> {
     tokio::spawn(wait_for_signal(shutdown.clone()));
     let mut tasks = tokio::task::JoinSet::new();
 
-    // For calls to providers: bounded connects, no cookies.
-    let http = reqwest::Client::builder()
-        .connect_timeout(Duration::from_secs(5))
-        .pool_max_idle_per_host(512)
-        .build()
-        .map_err(|e| Error::internal("building the HTTP client", e))?;
+    let bound = listener.as_ref().and_then(|l| l.local_addr().ok());
+    // The demo only ever runs on the embedded database, never in production.
+    let demo_at = bound
+        .filter(|addr| config.database.url.trim().is_empty() && config.demo.runs_on(*addr))
+        .map(crate::demo::simulator_addr);
+    let http = provider_http(&config, demo_at)?;
     let worker = config.jobs.enabled.then(|| {
         let keep = Duration::from_secs(config.jobs.keep_done_hours.saturating_mul(3600));
         let audit_keep =
@@ -66,6 +66,13 @@ pub async fn run(config: Config) -> Result<()> {
                         vault: vault.clone(),
                         http: http.clone(),
                     },
+                )
+                .register(
+                    waypost_outbound::jobs::VERIFY_KIND,
+                    waypost_outbound::jobs::VerifyChannelHandler {
+                        vault: vault.clone(),
+                        http: http.clone(),
+                    },
                 ),
             config.worker(),
         )
@@ -75,7 +82,6 @@ pub async fn run(config: Config) -> Result<()> {
         tasks.spawn(worker.run(shutdown.clone()));
     }
     // The dispatcher sends where the workers run: `--no-workers` turns both off.
-    let bound = listener.as_ref().and_then(|l| l.local_addr().ok());
     let dispatcher = config.jobs.enabled.then(|| {
         let public = bound.map_or_else(
             || config.http.public_base_url.clone(),
@@ -118,16 +124,15 @@ pub async fn run(config: Config) -> Result<()> {
         let addr = listener
             .local_addr()
             .map_err(|e| Error::internal("reading the bound address", e))?;
-        let mut state = AppState::new(store.clone(), vault.clone(), config.auth());
+        let mut state = AppState::new(store.clone(), vault.clone(), config.auth())?;
         state.webhooks = Arc::new(config.webhooks(addr)?);
+        state.http = http.clone();
         state.worker_wake = worker_wake;
         state.dispatch_wake = dispatch_wake;
         let mut app = waypost_api::router(state);
-        // The demo only ever runs on the embedded database, never in production.
-        let demo = if config.demo.enabled && config.database.url.trim().is_empty() {
-            crate::demo::prepare(&store, &vault, new_tenant, addr).await?
-        } else {
-            None
+        let demo = match demo_at {
+            Some(at) => crate::demo::prepare(&store, &vault, new_tenant, at).await?,
+            None => None,
         };
         println!(
             "Waypost listening on http://{addr} (database: {})",
@@ -135,22 +140,15 @@ pub async fn run(config: Config) -> Result<()> {
         );
         if let Some(demo) = demo {
             app = app.merge(demo.simulator.router());
-            println!(
-                "Demo: a SIMULATED WhatsApp number (+1 555 000 0001) is connected to tenant \"Default\", \
-                 served by the built-in Cloud API simulator at http://{addr}/simulator."
-            );
-            println!(
-                "  Conversations: curl -H \"Authorization: Bearer <key>\" http://{addr}/api/v1/conversations"
-            );
-            println!(
-                "  Write as another customer: waypost simulator inject --url http://{addr} --from 15550100002 --text hello"
-            );
+            demo_banner(addr, &demo.token, config.demo.enabled == Some(true));
             if demo.created {
                 tasks.spawn(async move {
                     crate::demo::greet(demo.simulator).await;
                     Ok(())
                 });
             }
+        } else {
+            demo_off_note(&config, addr);
         }
         let token = shutdown.clone();
         tasks.spawn(async move {
@@ -182,6 +180,59 @@ pub async fn run(config: Config) -> Result<()> {
     store.close().await;
     tracing::info!("stopped");
     result
+}
+
+/// The egress-checked client every provider call goes through; the demo's own simulator (and
+/// only that address and port) is allowed besides `[egress] allow`.
+fn provider_http(
+    config: &Config,
+    demo_at: Option<std::net::SocketAddr>,
+) -> Result<waypost_outbound::provider::ProviderHttp> {
+    let mut policy = config.egress.policy()?;
+    if let Some(at) = demo_at {
+        policy = policy.allowing_socket(at);
+    }
+    let client = waypost_egress::EgressClient::build(
+        policy,
+        waypost_egress::ClientOptions::default(),
+        Arc::new(waypost_egress::SystemLookup),
+    )?;
+    Ok(waypost_outbound::provider::ProviderHttp {
+        client,
+        media_hosts: Arc::new(config.egress.media_hosts()),
+    })
+}
+
+fn demo_banner(addr: std::net::SocketAddr, token: &str, explicit: bool) {
+    println!(
+        "Demo: a SIMULATED WhatsApp number (+1 555 000 0001) is connected to tenant \"Default\", \
+         served by the built-in Cloud API simulator at http://{addr}/simulator."
+    );
+    println!("  Simulator token (its control routes need it): {token}");
+    println!(
+        "  Conversations: curl -H \"Authorization: Bearer <key>\" http://{addr}/api/v1/conversations"
+    );
+    println!(
+        "  Write as another customer: waypost simulator inject --url http://{addr} --from 15550100002 --text hello"
+    );
+    if explicit && !addr.ip().is_loopback() {
+        println!(
+            "  Note: [demo] enabled = true on a non-loopback address: the simulator is reachable \
+             from the network (its control routes only with the token)."
+        );
+    }
+}
+
+/// Why the demo is off, when the only reason is the address.
+fn demo_off_note(config: &Config, addr: std::net::SocketAddr) {
+    if config.database.url.trim().is_empty()
+        && config.demo.enabled.is_none()
+        && !addr.ip().is_loopback()
+    {
+        println!(
+            "Demo: off (listening on {addr}, not a loopback address); set [demo] enabled = true to run it anyway."
+        );
+    }
 }
 
 /// On the very first start against an empty database, creates a tenant and an owner API key

@@ -4,7 +4,7 @@ use axum::{Json, extract::State, http::StatusCode};
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use serde::{Deserialize, Serialize};
 use waypost_core::{ChannelId, Error, ErrorCode, Page, PageRequest, PhoneNumber};
-use waypost_store::{Channel, NewChannel, SecretStatus};
+use waypost_store::{Channel, NewChannel, SecretStatus, Verification};
 
 use crate::{
     ApiError, AppState,
@@ -13,8 +13,11 @@ use crate::{
 };
 
 pub use waypost_outbound::provider::secret_purpose;
-use waypost_outbound::provider::{
-    ClientConfig, Provider, client_for, credential_names, default_base_url, load_credentials,
+use waypost_outbound::{
+    jobs::verify_job,
+    provider::{
+        ClientConfig, Provider, client_for, credential_names, default_base_url, load_credentials,
+    },
 };
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -23,19 +26,22 @@ pub struct CreateChannel {
     /// `meta` (default), `360dialog`, `twilio`, `gupshup` or `bird`.
     #[serde(default = "default_provider")]
     pub provider: String,
-    pub name: String,
+    /// 1 to 200 characters; default the display number (or the phone number id).
+    pub name: Option<String>,
     /// Meta's phone number id (required for `meta` and `360dialog`): routes webhooks.
     pub phone_number_id: Option<String>,
     pub waba_id: Option<String>,
     /// The number as people dial it, e.g. `+15550783881` (required for `twilio`, `gupshup`
-    /// and `bird`).
+    /// and `bird`). Also accepted as Meta's own name, `display_phone_number`.
+    #[serde(alias = "display_phone_number")]
     pub display_number: Option<String>,
     /// 80 (default), 1000, or 20 for numbers shared with the WhatsApp Business app.
     #[serde(default = "default_mps")]
     pub throughput_mps: i64,
     /// The provider's API base URL; default the provider's own (Meta's Graph API,
     /// `https://waba-v2.360dialog.io`, `https://api.twilio.com`, `https://api.gupshup.io`,
-    /// `https://api.bird.com`). Point it at a simulator or proxy to test.
+    /// `https://api.bird.com`). Point it at a simulator or proxy to test. Internal addresses
+    /// are refused (`egress_refused`) unless the operator allowed them (`[egress] allow`).
     pub graph_api_base_url: Option<String>,
     pub graph_api_version: Option<String>,
     /// `meta`, write-only.
@@ -171,7 +177,11 @@ fn required<'a>(field: &str, value: &'a Option<String>) -> Result<&'a str, Error
 
 /// Checks the request and returns the secrets to store.
 fn validate(body: &CreateChannel) -> Result<Vec<(&'static str, String)>, Error> {
-    if body.name.trim().is_empty() || body.name.len() > 200 {
+    if body
+        .name
+        .as_deref()
+        .is_some_and(|n| n.trim().is_empty() || n.chars().count() > 200)
+    {
         return Err(Error::validation("name must be 1 to 200 characters"));
     }
     if !matches!(body.throughput_mps, 20 | 80 | 1000) {
@@ -291,6 +301,9 @@ pub async fn create_channel(
     ApiJson(body): ApiJson<CreateChannel>,
 ) -> Result<(StatusCode, Json<ChannelView>), ApiError> {
     let secrets = validate(&body)?;
+    if let Some(base) = &body.graph_api_base_url {
+        state.http.client.check(base).await?;
+    }
     let tenant = auth.tenant()?;
     let display_number = match body.provider.as_str() {
         "twilio" | "gupshup" | "bird" => body
@@ -301,13 +314,21 @@ pub async fn create_channel(
             .map(|p| p.as_e164().to_string()),
         _ => body.display_number.clone(),
     };
+    let name = body
+        .name
+        .as_deref()
+        .or(display_number.as_deref())
+        .or(body.phone_number_id.as_deref())
+        .unwrap_or(body.provider.as_str())
+        .trim()
+        .to_string();
     let platform = state.store.platform().await?;
     let (mut tx, channel) = platform
         .create_channel(
             tenant,
             NewChannel {
                 provider: body.provider.clone(),
-                name: body.name.trim().to_string(),
+                name,
                 phone_number_id: body
                     .phone_number_id
                     .clone()
@@ -338,7 +359,9 @@ pub async fn create_channel(
         .await?;
     tx.audit(auth.event("secret.update", "channel", channel.id))
         .await?;
+    enqueue_verification(&mut tx, &channel).await?;
     tx.commit().await?;
+    wake_worker(&state);
     Ok((
         StatusCode::CREATED,
         Json(view(&state, &auth, channel).await?),
@@ -436,7 +459,10 @@ pub async fn put_credentials(
     }
     tx.audit(auth.event("secret.update", "channel", channel.id))
         .await?;
+    // New credentials may belong to someone else: the number is checked again with them.
+    enqueue_verification(&mut tx, &channel).await?;
     tx.commit().await?;
+    wake_worker(&state);
     Ok(Json(view_of(&state, &auth, id).await?))
 }
 
@@ -470,6 +496,59 @@ pub async fn resume_channel(
         .await?;
     tx.commit().await?;
     Ok(Json(view_of(&state, &auth, id).await?))
+}
+
+/// Queues the check of a Meta number with the channel's own token (in the caller's
+/// transaction, with the change that calls for it).
+async fn enqueue_verification(
+    tx: &mut waypost_store::Tx<waypost_store::TenantScope>,
+    channel: &Channel,
+) -> Result<(), ApiError> {
+    if channel.provider == "meta" {
+        tx.set_verification(channel.id, Verification::Pending, None)
+            .await?;
+        tx.enqueue(verify_job(channel.id)?).await?;
+    }
+    Ok(())
+}
+
+fn wake_worker(state: &AppState) {
+    if let Some(wake) = &state.worker_wake {
+        wake.notify_one();
+    }
+}
+
+/// Checks the number again (Meta channels): until it is verified with the channel's own
+/// token, the platform app's webhooks (`/webhooks/meta`) are not routed to it. The channel's
+/// own webhook URL is never held back.
+#[utoipa::path(post, path = "/api/v1/channels/{id}/verify", tag = "channels",
+    params(("id" = ChannelId, Path, description = "Channel id")),
+    responses((status = ACCEPTED, body = ChannelView, description = "The check is queued; `verification` shows pending, then verified or failed with a reason"),
+        (status = CONFLICT, body = Problem, content_type = "application/problem+json"),
+        (status = NOT_FOUND, body = Problem, content_type = "application/problem+json")))]
+pub async fn verify_channel(
+    State(state): State<AppState>,
+    auth: Auth,
+    ApiPath(id): ApiPath<ChannelId>,
+) -> Result<(StatusCode, Json<ChannelView>), ApiError> {
+    let mut tx = state.store.tenant(auth.tenant()?).await?;
+    let channel = tx.get_channel(id).await?;
+    if channel.provider != "meta" {
+        return Err(Error::new(
+            ErrorCode::Conflict,
+            "only Meta channels are verified: BSP webhooks come only to the channel's own URL",
+        )
+        .into());
+    }
+    enqueue_verification(&mut tx, &channel).await?;
+    tx.audit(auth.event("channel.verify", "channel", channel.id))
+        .await?;
+    tx.commit().await?;
+    wake_worker(&state);
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(view_of(&state, &auth, id).await?),
+    ))
 }
 
 /// A channel and a client for its provider, with its credentials.

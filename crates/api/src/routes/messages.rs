@@ -1,14 +1,25 @@
+use std::sync::{
+    Arc,
+    atomic::{AtomicBool, Ordering},
+};
+
 use axum::{
     Json,
-    body::Bytes,
+    body::{Body, Bytes},
     extract::State,
     http::{HeaderMap, HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
 };
+use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use waypost_core::{ChannelId, ContactId, Error, ErrorCode, MessageId};
-use waypost_outbound::{OutboundContent, QueueRequest, Recipient, jobs::mark_read_job};
+use waypost_outbound::{
+    OutboundContent, QueueRequest, Recipient,
+    jobs::mark_read_job,
+    message::{MEDIA_TYPES, whatsapp_media_type},
+    provider::Upload,
+};
 use waypost_store::{LANE_BULK, LANE_TRANSACTIONAL, StoredMessage};
 
 use crate::{
@@ -260,11 +271,14 @@ pub struct Uploaded {
     pub id: String,
 }
 
-/// Uploads a file for sending: the request body is the file and `Content-Type` its type.
+/// Uploads a file for sending: the request body is the file (up to 100 MiB, WhatsApp's
+/// largest document) and `Content-Type` its type, one WhatsApp carries. The file streams to
+/// the provider as it arrives.
 #[utoipa::path(post, path = "/api/v1/media", tag = "messages",
     params(UploadQuery),
     request_body(content = Vec<u8>, content_type = "application/octet-stream"),
     responses((status = CREATED, body = Uploaded),
+        (status = PAYLOAD_TOO_LARGE, body = Problem, content_type = "application/problem+json"),
         (status = UNPROCESSABLE_ENTITY, body = Problem, content_type = "application/problem+json"),
         (status = BAD_GATEWAY, body = Problem, content_type = "application/problem+json")))]
 pub async fn upload_media(
@@ -272,23 +286,67 @@ pub async fn upload_media(
     auth: Auth,
     ApiQuery(query): ApiQuery<UploadQuery>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Body,
 ) -> Result<(StatusCode, Json<Uploaded>), ApiError> {
     let mime = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .filter(|m| m.contains('/') && !m.starts_with("application/x-www-form-urlencoded"))
-        .ok_or_else(|| Error::validation("Content-Type must be the file's media type"))?
-        .to_string();
-    if body.is_empty() {
+        .and_then(whatsapp_media_type)
+        .map(|(essence, _)| essence)
+        .ok_or_else(|| {
+            let types: Vec<&str> = MEDIA_TYPES.iter().map(|(t, _)| *t).collect();
+            Error::validation(format!(
+                "Content-Type must be the file's media type, one WhatsApp carries: {}",
+                types.join(", ")
+            ))
+        })?;
+    let length = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if length == Some(0) {
         return Err(Error::validation("the body must be the file").into());
     }
-    let (channel, client) = provider_client(&state, &auth, query.channel_id).await?;
     let filename = query.filename.unwrap_or_else(|| "upload".into());
-    let id = client.upload_media(body.to_vec(), &mime, &filename).await?;
+    if filename.is_empty() || filename.chars().count() > 240 {
+        return Err(Error::validation("filename must be 1 to 240 characters").into());
+    }
+    let (channel, client) = provider_client(&state, &auth, query.channel_id).await?;
+    let (body, too_large) = watch_limit(body);
+    let id = client
+        .upload_media(Upload { body, length }, mime, &filename)
+        .await
+        .map_err(|err| {
+            if too_large.load(Ordering::Acquire) {
+                Error::new(
+                    ErrorCode::PayloadTooLarge,
+                    "the file may be at most 100 MiB",
+                )
+            } else {
+                err
+            }
+        })?;
     let mut tx = state.store.tenant(auth.tenant()?).await?;
     tx.audit(auth.event("media.upload", "channel", channel.id))
         .await?;
     tx.commit().await?;
     Ok((StatusCode::CREATED, Json(Uploaded { id })))
+}
+
+/// The request body as a stream for the provider, and a flag raised if it broke the route's
+/// size limit on the way (a chunked body declares no length up front).
+fn watch_limit(body: Body) -> (reqwest::Body, Arc<AtomicBool>) {
+    let too_large = Arc::new(AtomicBool::new(false));
+    let flag = too_large.clone();
+    let stream = body.into_data_stream().map(move |chunk| {
+        chunk.map_err(|err| {
+            let limit = std::error::Error::source(&err)
+                .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
+            if limit {
+                flag.store(true, Ordering::Release);
+            }
+            std::io::Error::other(err)
+        })
+    });
+    (reqwest::Body::wrap_stream(stream), too_large)
 }

@@ -148,6 +148,7 @@ pub fn router() -> (axum::Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(channels::get_channel))
         .routes(routes!(channels::put_credentials))
         .routes(routes!(channels::resume_channel))
+        .routes(routes!(channels::verify_channel))
         .routes(routes!(templates::sync_templates))
         .routes(routes!(templates::create_template))
         .routes(routes!(templates::list_templates))

@@ -122,7 +122,7 @@ pub async fn get_ai_settings(
 /// Sets the AI provider. The key is encrypted at rest and never returned.
 #[utoipa::path(put, path = "/api/v1/settings/ai", tag = "settings",
     request_body = UpdateAiSettings,
-    responses((status = OK, body = AiSettings), (status = UNPROCESSABLE_ENTITY, body = Problem, content_type = "application/problem+json")))]
+    responses((status = OK, body = AiSettings), (status = UNPROCESSABLE_ENTITY, description = "`validation_failed`, or `egress_refused` for a base_url on an internal address", body = Problem, content_type = "application/problem+json")))]
 pub async fn put_ai_settings(
     State(state): State<AppState>,
     auth: Auth,
@@ -136,6 +136,8 @@ pub async fn put_ai_settings(
     if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
         return Err(Error::validation("base_url must be an http or https URL").into());
     }
+    // Refused now rather than at the first AI call: it would be refused then too.
+    state.http.client.check(&body.base_url).await?;
     if body.model.trim().is_empty() || body.model.len() > 200 {
         return Err(Error::validation("model must be 1 to 200 characters").into());
     }

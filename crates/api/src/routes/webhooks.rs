@@ -3,7 +3,7 @@
 //! (with its processing job) before the 200. A bad or missing signature stores nothing.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, BTreeSet, HashMap},
     net::SocketAddr,
 };
 
@@ -15,7 +15,7 @@ use axum::{
 };
 use waypost_core::{ChannelId, Error, ErrorCode};
 use waypost_providers::{
-    meta,
+    meta::{self, RouteKey},
     signature::{self, SignatureError},
 };
 use waypost_store::ChannelRoute;
@@ -193,7 +193,10 @@ pub async fn meta_platform_handshake(
 }
 
 /// Events for the platform's own Meta app (one app, many tenants and numbers): verified with
-/// `meta.app_secret`, then each change is routed to its channel by `phone_number_id`.
+/// `meta.app_secret`, then routed change by change: messages and statuses to the verified
+/// channel of their `phone_number_id`, account-wide updates (templates, quality, account
+/// notices) to the verified channels of the entry's WhatsApp Business Account. Each channel
+/// receives the body once and processes only its own changes.
 #[utoipa::path(post, path = "/webhooks/meta", tag = "webhooks",
     request_body(content = String, content_type = "application/json"),
     responses((status = OK, description = "Stored durably"), (status = UNAUTHORIZED), (status = FORBIDDEN)))]
@@ -211,34 +214,32 @@ pub async fn meta_platform_event(
     if let Err(err) = signature::verify_meta(secret.as_bytes(), &body, header) {
         return Ok(rejected("meta", signature_reason(err)));
     }
-    let numbers = meta::phone_number_ids(&body).map_err(|e| {
-        ApiError(Error::new(
-            ErrorCode::InvalidRequest,
-            format!("not a Meta webhook: {e}"),
-        ))
-    })?;
+    let keys: BTreeSet<RouteKey> = meta::route_keys(&body)
+        .map_err(|e| {
+            ApiError(Error::new(
+                ErrorCode::InvalidRequest,
+                format!("not a Meta webhook: {e}"),
+            ))
+        })?
+        .into_iter()
+        .collect();
     let mut routes = BTreeMap::new();
     let mut unrouted = false;
-    for number in numbers {
-        let found = match &number {
-            Some(id) => {
-                state
-                    .store
-                    .platform_read()
-                    .await?
-                    .route_phone_number("meta", id)
-                    .await?
-            }
-            None => None,
+    let mut tx = state.store.platform_read().await?;
+    for key in keys {
+        let found = match &key {
+            RouteKey::Number(id) => tx
+                .route_phone_number("meta", id)
+                .await?
+                .into_iter()
+                .collect(),
+            RouteKey::Account(waba) => tx.route_account("meta", waba).await?,
+            RouteKey::Unknown => Vec::new(),
         };
-        match found {
-            Some(route) => {
-                routes.insert(*route.channel.as_uuid(), route);
-            }
-            None => unrouted = true,
-        }
+        unrouted |= found.is_empty();
+        routes.extend(found.into_iter().map(|r| (*r.channel.as_uuid(), r)));
     }
-    // Each channel gets the whole body and processes its own changes.
+    drop(tx);
     for route in routes.values() {
         store(&state, *route, "meta", body.clone()).await?;
     }

@@ -44,7 +44,7 @@ async fn start_with(db: TestDb, config: AuthConfig) -> Server {
         waypost_vault::Vault::open(store.clone(), waypost_vault::MasterKey::generate().unwrap())
             .await
             .unwrap();
-    let state = AppState::new(store.clone(), std::sync::Arc::new(vault), config);
+    let state = AppState::new(store.clone(), std::sync::Arc::new(vault), config).unwrap();
     tokio::spawn(waypost_api::serve(listener, state, shutdown.clone()));
     Server {
         base,

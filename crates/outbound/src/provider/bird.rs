@@ -1,18 +1,22 @@
 //! Bird's Channels API: JSON to `/workspaces/{workspace}/channels/{channel}/messages` with
 //! `Authorization: AccessKey …`.
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 use serde_json::{Value, json};
 use waypost_core::Result;
+use waypost_egress::EgressClient;
 
 use super::{
-    Attempt, MediaFile, MediaRef, Provider, ProviderFailure, SendRequest, media_answer,
+    Attempt, MediaFile, MediaHosts, MediaRef, Provider, ProviderFailure, SendRequest, media_answer,
     read_answer, same_host,
 };
 use crate::message::{Media, OutboundContent};
 
 pub struct BirdClient {
-    pub http: reqwest::Client,
+    pub http: EgressClient,
+    pub media_hosts: Arc<MediaHosts>,
     pub base: String,
     pub api_key: String,
     /// `workspace_id/channel_id`.
@@ -86,8 +90,8 @@ impl Provider for BirdClient {
     }
 
     async fn fetch_media(&self, media: &MediaRef<'_>) -> Result<MediaFile> {
-        let url = media.url("bird")?;
-        let mut request = self.http.get(url.clone());
+        let url = media.url("bird", &self.media_hosts, &self.base)?;
+        let mut request = self.http.get(&url);
         if same_host(&url, &self.base) {
             request = request.header("authorization", format!("AccessKey {}", self.api_key));
         }

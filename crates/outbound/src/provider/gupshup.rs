@@ -1,15 +1,21 @@
 //! Gupshup's WhatsApp API: form-encoded with the message as a JSON string, `apikey` header,
 //! templates by template id.
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 use serde_json::{Value, json};
 use waypost_core::Result;
+use waypost_egress::EgressClient;
 
-use super::{Attempt, MediaFile, MediaRef, Provider, SendRequest, media_answer, read_answer};
+use super::{
+    Attempt, MediaFile, MediaHosts, MediaRef, Provider, SendRequest, media_answer, read_answer,
+};
 use crate::message::OutboundContent;
 
 pub struct GupshupClient {
-    pub http: reqwest::Client,
+    pub http: EgressClient,
+    pub media_hosts: Arc<MediaHosts>,
     pub base: String,
     pub api_key: String,
     /// The business number, digits only.
@@ -106,7 +112,7 @@ impl Provider for GupshupClient {
 
     /// Gupshup's media URLs are signed links: fetched as they are.
     async fn fetch_media(&self, media: &MediaRef<'_>) -> Result<MediaFile> {
-        let url = media.url("gupshup")?;
-        media_answer("gupshup", self.http.get(url).send().await).map(MediaFile::from)
+        let url = media.url("gupshup", &self.media_hosts, &self.base)?;
+        media_answer("gupshup", self.http.get(&url).send().await).map(MediaFile::from)
     }
 }

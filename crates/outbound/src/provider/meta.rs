@@ -4,10 +4,11 @@
 use async_trait::async_trait;
 use serde_json::{Value, json};
 use waypost_core::{Error, ErrorCode, Result};
+use waypost_egress::{EgressClient, EgressRequest};
 
 use super::{
-    Attempt, MediaFile, MediaRef, Provider, SendRequest, management_answer, media_answer,
-    read_answer,
+    Attempt, MediaFile, MediaRef, Provider, SendRequest, Upload, checked_answer, management_answer,
+    media_answer, read_answer,
 };
 use crate::template::NewTemplate;
 
@@ -17,7 +18,7 @@ enum Auth {
 }
 
 pub struct MetaClient {
-    http: reqwest::Client,
+    http: EgressClient,
     /// `{base}/{version}` for Meta, `{base}` for 360dialog.
     root: String,
     phone_number_id: String,
@@ -27,7 +28,7 @@ pub struct MetaClient {
 
 impl MetaClient {
     pub fn cloud_api(
-        http: reqwest::Client,
+        http: EgressClient,
         base: &str,
         version: &str,
         phone_number_id: &str,
@@ -43,7 +44,7 @@ impl MetaClient {
         }
     }
 
-    pub fn dialog360(http: reqwest::Client, base: &str, api_key: String) -> Self {
+    pub fn dialog360(http: EgressClient, base: &str, api_key: String) -> Self {
         Self {
             http,
             root: base.to_string(),
@@ -57,7 +58,7 @@ impl MetaClient {
         matches!(self.auth, Auth::Dialog360(_))
     }
 
-    fn authorize(&self, request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+    fn authorize(&self, request: EgressRequest) -> EgressRequest {
         match &self.auth {
             Auth::Bearer(token) => request.bearer_auth(token),
             Auth::Dialog360(key) => request.header("D360-API-KEY", key),
@@ -150,13 +151,12 @@ impl Provider for MetaClient {
         management_answer(self.name(), response).await.map(drop)
     }
 
-    async fn upload_media(
-        &self,
-        bytes: Vec<u8>,
-        mime_type: &str,
-        filename: &str,
-    ) -> Result<String> {
-        let part = reqwest::multipart::Part::bytes(bytes)
+    async fn upload_media(&self, file: Upload, mime_type: &str, filename: &str) -> Result<String> {
+        let part = match file.length {
+            Some(length) => reqwest::multipart::Part::stream_with_length(file.body, length),
+            None => reqwest::multipart::Part::stream(file.body),
+        };
+        let part = part
             .file_name(filename.to_string())
             .mime_str(mime_type)
             .map_err(|_| Error::validation("the media type is not a valid MIME type"))?;
@@ -224,7 +224,7 @@ impl Provider for MetaClient {
         } else {
             self.templates_url()?
         };
-        let mut request = self.authorize(self.http.delete(url));
+        let mut request = self.authorize(self.http.delete(&url));
         if !self.is_360() {
             request = request.query(&[("name", name)]);
             if let Some(id) = provider_id {
@@ -234,6 +234,46 @@ impl Provider for MetaClient {
         management_answer(self.name(), request.send().await)
             .await
             .map(drop)
+    }
+
+    /// The number's profile, then the account's numbers (in pages) must include it.
+    async fn verify_number(&self) -> Result<Value> {
+        if self.is_360() {
+            return Err(Error::validation("360dialog numbers are not verified"));
+        }
+        let waba = self.waba_id.as_deref().ok_or_else(|| {
+            Error::validation("the channel has no waba_id: the number's account must be named")
+        })?;
+        let number = &self.phone_number_id;
+        let profile_url = format!(
+            "{}/{number}?fields=display_phone_number,verified_name,quality_rating,messaging_limit_tier",
+            self.root
+        );
+        let profile = checked_answer(
+            "meta",
+            self.authorize(self.http.get(profile_url)).send().await,
+        )
+        .await?;
+        let mut url = format!("{}/{waba}/phone_numbers?fields=id&limit=100", self.root);
+        // Pages are followed (bounded: an account has at most a few hundred numbers).
+        for _ in 0..20 {
+            let page =
+                checked_answer("meta", self.authorize(self.http.get(&url)).send().await).await?;
+            let listed = page
+                .get("data")
+                .and_then(Value::as_array)
+                .is_some_and(|numbers| numbers.iter().any(|n| n["id"] == json!(number)));
+            if listed {
+                return Ok(profile);
+            }
+            match page.pointer("/paging/next").and_then(Value::as_str) {
+                Some(next) => url = next.to_string(),
+                None => break,
+            }
+        }
+        Err(Error::validation(format!(
+            "the number {number} does not belong to the WhatsApp Business Account {waba}"
+        )))
     }
 
     /// Two steps: the media id's short-lived URL, then the file with the same credentials.
@@ -262,7 +302,7 @@ impl Provider for MetaClient {
             url.set_host(base.host_str()).ok();
             url.set_port(base.port()).ok();
         }
-        let file = self.authorize(self.http.get(url)).send().await;
+        let file = self.authorize(self.http.get(url.as_str())).send().await;
         Ok(MediaFile {
             response: media_answer(self.name(), file)?,
             mime_type: info

@@ -5,11 +5,12 @@ mod gupshup;
 mod meta;
 mod twilio;
 
-use std::{collections::BTreeMap, time::Duration};
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
 use async_trait::async_trait;
 use serde_json::Value;
 use waypost_core::{ChannelId, Error, ErrorCode, Result};
+use waypost_egress::{EgressClient, SendError};
 use waypost_store::{Channel, TenantScope, Tx};
 use waypost_vault::Vault;
 
@@ -49,6 +50,8 @@ pub enum Attempt {
     NotSent(String),
     /// The request may have reached the provider (timeout, cut connection, gateway error).
     Ambiguous(String),
+    /// The egress policy refused the destination: nothing connected.
+    Refused(String),
 }
 
 /// A provider's error answer.
@@ -241,13 +244,9 @@ pub trait Provider: Send + Sync {
         Err(unsupported(self.name(), "marking messages read"))
     }
 
-    async fn upload_media(
-        &self,
-        bytes: Vec<u8>,
-        mime_type: &str,
-        filename: &str,
-    ) -> Result<String> {
-        let _ = (bytes, mime_type, filename);
+    /// Uploads a file as it streams in, never holding it whole.
+    async fn upload_media(&self, file: Upload, mime_type: &str, filename: &str) -> Result<String> {
+        let _ = (file, mime_type, filename);
         Err(unsupported(self.name(), "uploading media"))
     }
 
@@ -269,6 +268,13 @@ pub trait Provider: Send + Sync {
 
     /// Starts downloading an inbound message's media file (the answer streams the bytes).
     async fn fetch_media(&self, media: &MediaRef<'_>) -> Result<MediaFile>;
+
+    /// Checks, with the channel's own credentials, that its number exists and belongs to the
+    /// account it names; the number's profile. `unavailable` when the provider could not be
+    /// asked (worth retrying), any other error when it said no.
+    async fn verify_number(&self) -> Result<Value> {
+        Err(unsupported(self.name(), "verifying numbers"))
+    }
 }
 
 /// Where an inbound media file is: the provider's media id (Meta, 360dialog) or its URL
@@ -280,14 +286,98 @@ pub struct MediaRef<'a> {
 }
 
 impl MediaRef<'_> {
-    fn url(&self, provider: &str) -> Result<url::Url> {
-        self.url
+    /// The webhook's media URL, if it is on one of the provider's media hosts or on the
+    /// channel's own API host: a webhook body must not choose what Waypost fetches.
+    fn url(&self, provider: &str, hosts: &MediaHosts, base: &str) -> Result<url::Url> {
+        let url = self
+            .url
             .and_then(|u| url::Url::parse(u).ok())
             .filter(|u| matches!(u.scheme(), "https" | "http"))
             .ok_or_else(|| {
                 Error::validation(format!("this {provider} message carries no media URL"))
-            })
+            })?;
+        if same_host(&url, base) || hosts.serves(provider, &url) {
+            return Ok(url);
+        }
+        Err(Error::new(
+            ErrorCode::EgressRefused,
+            format!(
+                "the egress policy refuses {}: not a {provider} media host (egress.media_hosts.{provider})",
+                url.host_str().unwrap_or_default()
+            ),
+        ))
     }
+}
+
+/// The hosts (and their subdomains) each BSP serves inbound media from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MediaHosts(BTreeMap<String, Vec<String>>);
+
+impl Default for MediaHosts {
+    /// Twilio's media URLs are on its API host (they redirect to its storage); Gupshup's on
+    /// `filemanager.gupshup.io`; Bird's on `media.api.bird.com` (and MessageBird's older
+    /// hosts).
+    fn default() -> Self {
+        let hosts = |list: &[&str]| list.iter().map(|h| (*h).to_string()).collect();
+        Self(BTreeMap::from([
+            ("twilio".to_string(), hosts(&["twilio.com"])),
+            ("gupshup".to_string(), hosts(&["gupshup.io"])),
+            ("bird".to_string(), hosts(&["bird.com", "messagebird.com"])),
+        ]))
+    }
+}
+
+impl MediaHosts {
+    /// Replaces one provider's list (`[egress.media_hosts] twilio = [...]`).
+    #[must_use]
+    pub fn with(mut self, provider: &str, hosts: Vec<String>) -> Self {
+        let hosts = hosts
+            .into_iter()
+            .map(|h| h.trim().trim_end_matches('.').to_ascii_lowercase())
+            .filter(|h| !h.is_empty())
+            .collect();
+        self.0.insert(provider.to_string(), hosts);
+        self
+    }
+
+    fn serves(&self, provider: &str, url: &url::Url) -> bool {
+        let Some(host) = url.host_str() else {
+            return false;
+        };
+        let host = host.trim_end_matches('.').to_ascii_lowercase();
+        self.0.get(provider).is_some_and(|suffixes| {
+            suffixes.iter().any(|s| {
+                host == *s
+                    || host
+                        .strip_suffix(s.as_str())
+                        .is_some_and(|rest| rest.ends_with('.'))
+            })
+        })
+    }
+}
+
+/// What every provider client shares: the egress-checked HTTP client and where BSPs may
+/// serve media from. Cheap to clone.
+#[derive(Clone)]
+pub struct ProviderHttp {
+    pub client: EgressClient,
+    pub media_hosts: Arc<MediaHosts>,
+}
+
+impl ProviderHttp {
+    pub fn new(client: EgressClient) -> Self {
+        Self {
+            client,
+            media_hosts: Arc::new(MediaHosts::default()),
+        }
+    }
+}
+
+/// A file on its way to the provider: the request's body as it streams in, and its length
+/// when the client declared one.
+pub struct Upload {
+    pub body: reqwest::Body,
+    pub length: Option<u64>,
 }
 
 /// A media download under way, and its type when the provider named it before the file.
@@ -315,15 +405,9 @@ fn same_host(url: &url::Url, base: &str) -> bool {
 /// A media download's answer: the provider's failure becomes `not_found` or `upstream_error`.
 fn media_answer(
     provider: &str,
-    response: std::result::Result<reqwest::Response, reqwest::Error>,
+    response: std::result::Result<reqwest::Response, SendError>,
 ) -> Result<reqwest::Response> {
-    let response = response.map_err(|e| {
-        Error::with_source(
-            ErrorCode::UpstreamError,
-            format!("{provider} could not be reached for the media"),
-            e,
-        )
-    })?;
+    let response = response.map_err(|e| e.into_error(&format!("{provider} (for the media)")))?;
     match response.status().as_u16() {
         200..=299 => Ok(response),
         400 | 404 | 410 => Err(Error::not_found("media")),
@@ -336,7 +420,7 @@ fn media_answer(
 
 /// Where a client sends, and how it authenticates.
 pub struct ClientConfig {
-    pub http: reqwest::Client,
+    pub http: ProviderHttp,
     /// Twilio posts statuses here (our webhook URL for the channel).
     pub status_callback: Option<String>,
 }
@@ -356,22 +440,21 @@ pub fn client_for(
         })
     };
     let base = channel.graph_api_base_url.trim_end_matches('/').to_string();
+    let media_hosts = config.http.media_hosts;
+    let http = config.http.client;
     Ok(match channel.provider.as_str() {
         "meta" => Box::new(meta::MetaClient::cloud_api(
-            config.http,
+            http,
             &base,
             &channel.graph_api_version,
             channel.phone_number_id.as_deref().unwrap_or_default(),
             channel.waba_id.as_deref(),
             secret("access_token")?,
         )),
-        "360dialog" => Box::new(meta::MetaClient::dialog360(
-            config.http,
-            &base,
-            secret("api_key")?,
-        )),
+        "360dialog" => Box::new(meta::MetaClient::dialog360(http, &base, secret("api_key")?)),
         "twilio" => Box::new(twilio::TwilioClient {
-            http: config.http,
+            http,
+            media_hosts,
             base,
             account_sid: secret("account_sid")?,
             auth_token: secret("auth_token")?,
@@ -379,7 +462,8 @@ pub fn client_for(
             status_callback: config.status_callback,
         }),
         "gupshup" => Box::new(gupshup::GupshupClient {
-            http: config.http,
+            http,
+            media_hosts,
             base,
             api_key: secret("api_key")?,
             source: channel
@@ -391,7 +475,8 @@ pub fn client_for(
             app_name: channel.provider_account.clone().unwrap_or_default(),
         }),
         "bird" => Box::new(bird::BirdClient {
-            http: config.http,
+            http,
+            media_hosts,
             base,
             api_key: secret("api_key")?,
             account: channel.provider_account.clone().unwrap_or_default(),
@@ -404,11 +489,11 @@ pub fn client_for(
 
 /// Turns a transport error into an attempt: only a request that never connected is known
 /// not to have been sent.
-fn transport(err: &reqwest::Error) -> Attempt {
-    if err.is_connect() || err.is_builder() {
-        Attempt::NotSent(err.to_string())
-    } else {
-        Attempt::Ambiguous(err.to_string())
+fn transport(err: &SendError) -> Attempt {
+    match err {
+        SendError::Refused(refused) => Attempt::Refused(refused.to_string()),
+        _ if err.never_connected() => Attempt::NotSent(err.to_string()),
+        _ => Attempt::Ambiguous(err.to_string()),
     }
 }
 
@@ -416,7 +501,7 @@ fn transport(err: &reqwest::Error) -> Attempt {
 /// found by `code_of`. A gateway error (502, 504) is ambiguous: the provider behind it may
 /// have taken the message.
 async fn read_answer(
-    response: std::result::Result<reqwest::Response, reqwest::Error>,
+    response: std::result::Result<reqwest::Response, SendError>,
     accepted: impl Fn(&Value) -> Option<String>,
     code_of: impl Fn(&Value) -> (Option<i64>, Option<String>),
 ) -> Attempt {
@@ -446,18 +531,35 @@ async fn read_answer(
     })
 }
 
+/// For a check whose "no" must not be confused with "could not ask": unreachable and 5xx are
+/// `unavailable`, any other failure as `management_answer` reports it.
+async fn checked_answer(
+    provider: &str,
+    response: std::result::Result<reqwest::Response, SendError>,
+) -> Result<Value> {
+    let response = response.map_err(|e| match e {
+        SendError::Http(err) => Error::with_source(
+            ErrorCode::Unavailable,
+            format!("{provider} could not be reached"),
+            err,
+        ),
+        refused => refused.into_error(provider),
+    })?;
+    if response.status().is_server_error() {
+        return Err(Error::new(
+            ErrorCode::Unavailable,
+            format!("{provider} answered {}", response.status()),
+        ));
+    }
+    management_answer(provider, Ok(response)).await
+}
+
 /// For management calls (templates, media): the JSON answer or an `upstream_error`.
 async fn management_answer(
     provider: &str,
-    response: std::result::Result<reqwest::Response, reqwest::Error>,
+    response: std::result::Result<reqwest::Response, SendError>,
 ) -> Result<Value> {
-    let response = response.map_err(|e| {
-        Error::with_source(
-            ErrorCode::UpstreamError,
-            format!("{provider} could not be reached"),
-            e,
-        )
-    })?;
+    let response = response.map_err(|e| e.into_error(provider))?;
     let status = response.status();
     let body: Value = response.json().await.unwrap_or(Value::Null);
     if status.is_success() {

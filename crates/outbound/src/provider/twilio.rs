@@ -1,17 +1,22 @@
 //! Twilio's Messages API: form-encoded, `whatsapp:` addresses, media by URL, templates as
 //! Content API templates (`ContentSid` + `ContentVariables`).
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 use serde_json::{Map, Value};
 use waypost_core::Result;
+use waypost_egress::EgressClient;
 
 use super::{
-    Attempt, MediaFile, MediaRef, Provider, SendRequest, media_answer, read_answer, same_host,
+    Attempt, MediaFile, MediaHosts, MediaRef, Provider, SendRequest, media_answer, read_answer,
+    same_host,
 };
 use crate::message::OutboundContent;
 
 pub struct TwilioClient {
-    pub http: reqwest::Client,
+    pub http: EgressClient,
+    pub media_hosts: Arc<MediaHosts>,
     pub base: String,
     pub account_sid: String,
     pub auth_token: String,
@@ -109,8 +114,8 @@ impl Provider for TwilioClient {
     /// Media URLs are on Twilio's API and need the account's credentials (redirects then go
     /// to storage without them).
     async fn fetch_media(&self, media: &MediaRef<'_>) -> Result<MediaFile> {
-        let url = media.url("twilio")?;
-        let mut request = self.http.get(url.clone());
+        let url = media.url("twilio", &self.media_hosts, &self.base)?;
+        let mut request = self.http.get(&url);
         if same_host(&url, &self.base) {
             request = request.basic_auth(&self.account_sid, Some(&self.auth_token));
         }

@@ -18,9 +18,10 @@ use axum::{
 };
 use serde_json::{Value, json};
 use waypost_core::{ChannelId, Timestamp};
+use waypost_egress::{ClientOptions, EgressClient, EgressPolicy, SystemLookup};
 use waypost_outbound::{
     Attempt, ClientConfig, OutboundContent, Provider, Reaction, client_for,
-    provider::{Credentials, ProviderFailure, SendRequest},
+    provider::{Credentials, MediaHosts, ProviderFailure, ProviderHttp, SendRequest},
     react,
 };
 use waypost_store::Channel;
@@ -104,11 +105,35 @@ fn channel(provider: &str, base: &str) -> Channel {
         graph_api_version: "v25.0".into(),
         send_state: "active".into(),
         send_state_reason: None,
+        verification: waypost_store::Verification::Pending,
+        verification_reason: None,
         created_at: Timestamp::now(),
     }
 }
 
-fn client(provider: &str, base: &str, secrets: &[(&str, &str)]) -> Box<dyn Provider> {
+/// The local fakes are on loopback, which the tests' egress policy allows.
+fn http(allow: &[&str], media_hosts: MediaHosts) -> ProviderHttp {
+    let client = EgressClient::build(
+        EgressPolicy::new(allow).unwrap(),
+        ClientOptions {
+            timeout: Some(Duration::from_millis(500)),
+            ..ClientOptions::default()
+        },
+        std::sync::Arc::new(SystemLookup),
+    )
+    .unwrap();
+    ProviderHttp {
+        client,
+        media_hosts: std::sync::Arc::new(media_hosts),
+    }
+}
+
+fn client_with(
+    provider: &str,
+    base: &str,
+    secrets: &[(&str, &str)],
+    http: ProviderHttp,
+) -> Box<dyn Provider> {
     let credentials: Credentials = secrets
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -117,14 +142,20 @@ fn client(provider: &str, base: &str, secrets: &[(&str, &str)]) -> Box<dyn Provi
         &channel(provider, base),
         &credentials,
         ClientConfig {
-            http: reqwest::Client::builder()
-                .timeout(Duration::from_millis(500))
-                .build()
-                .unwrap(),
+            http,
             status_callback: Some("https://waypost.example/webhooks/twilio/ch".into()),
         },
     )
     .unwrap()
+}
+
+fn client(provider: &str, base: &str, secrets: &[(&str, &str)]) -> Box<dyn Provider> {
+    client_with(
+        provider,
+        base,
+        secrets,
+        http(&["127.0.0.0/8"], MediaHosts::default()),
+    )
 }
 
 fn content(v: Value) -> OutboundContent {
@@ -525,11 +556,30 @@ async fn media_is_fetched_with_each_providers_credentials_and_only_from_its_host
             .unwrap()
             .starts_with("Basic ")
     );
+    // Another host is not Twilio's: refused, and nothing reaches it.
     let (elsewhere, other_base) = fake(200, json!({})).await;
-    twilio
+    let refused = twilio
         .fetch_media(&MediaRef {
             id: None,
             url: Some(&format!("{other_base}/m.jpg")),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), waypost_core::ErrorCode::EgressRefused);
+    assert!(elsewhere.seen.lock().unwrap().is_empty());
+    // A configured Twilio media host gets the request, but not the credentials.
+    let hosts = MediaHosts::default().with("twilio", vec!["localhost".into()]);
+    let twilio = client_with(
+        "twilio",
+        &base,
+        &[("account_sid", "AC1"), ("auth_token", "tok")],
+        http(&["127.0.0.0/8"], hosts),
+    );
+    let storage = other_base.replace("127.0.0.1", "localhost");
+    twilio
+        .fetch_media(&MediaRef {
+            id: None,
+            url: Some(&format!("{storage}/m.jpg")),
         })
         .await
         .unwrap();
@@ -568,5 +618,27 @@ async fn media_is_fetched_with_each_providers_credentials_and_only_from_its_host
             .unwrap_err()
             .code(),
         waypost_core::ErrorCode::ValidationFailed
+    );
+}
+
+#[tokio::test]
+async fn a_channel_pointed_at_an_internal_address_is_refused_without_connecting() {
+    let (server, base) = fake(200, json!({"messages": [{"id": "wamid.X"}]})).await;
+    let strict = client_with(
+        "meta",
+        &base,
+        &[("access_token", "EAAG-secret")],
+        http(&[], MediaHosts::default()),
+    );
+    let text = content(json!({"type": "text", "text": {"body": "hi"}}));
+    match send(strict.as_ref(), "+15551234567", &text).await {
+        Attempt::Refused(why) => assert!(why.contains("127.0.0.1"), "{why}"),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    let templates = strict.list_templates().await.unwrap_err();
+    assert_eq!(templates.code(), waypost_core::ErrorCode::EgressRefused);
+    assert!(
+        server.seen.lock().unwrap().is_empty(),
+        "nothing may connect"
     );
 }

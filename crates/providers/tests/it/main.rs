@@ -364,8 +364,20 @@ fn one_post_with_several_entries_changes_and_messages_yields_every_event() {
         .collect();
     assert_eq!(ids, ["wamid.TEXT1", "wamid.TEXT2", "wamid.OUT9"]);
     assert_eq!(
-        meta::phone_number_ids(&fixture("batch")).unwrap(),
-        [Some("106540352242922".to_string()), Some("999".to_string())]
+        meta::route_keys(&fixture("batch")).unwrap(),
+        [
+            meta::RouteKey::Number("106540352242922".into()),
+            meta::RouteKey::Number("999".into())
+        ]
+    );
+    // Account-wide updates name only the WhatsApp Business Account (entry.id).
+    let template = br#"{"entry":[{"id":"102290129340398","changes":[{"field":"message_template_status_update","value":{"event":"APPROVED"}}]},{"changes":[{"field":"x","value":{}}]}]}"#;
+    assert_eq!(
+        meta::route_keys(template).unwrap(),
+        [
+            meta::RouteKey::Account("102290129340398".into()),
+            meta::RouteKey::Unknown
+        ]
     );
 }
 
@@ -438,7 +450,7 @@ proptest! {
     #[test]
     fn arbitrary_bytes_never_panic(body in prop::collection::vec(any::<u8>(), 0..512)) {
         let _ = meta::parse(&body);
-        let _ = meta::phone_number_ids(&body);
+        let _ = meta::route_keys(&body);
     }
 
     #[test]

@@ -8,5 +8,6 @@ mod cli;
 mod identity;
 mod inbound;
 mod outbound;
+mod platform;
 mod process;
 mod serve;

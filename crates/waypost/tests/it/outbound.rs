@@ -40,7 +40,11 @@ fn free_port() -> u16 {
 fn serve(scratch: &Scratch, url: &str, port: u16, env: &[(&str, &str)]) -> Server {
     let listen = format!("127.0.0.1:{port}");
     let args = ["serve", "--listen", listen.as_str(), "--database-url", url];
-    let mut all = vec![("WAYPOST_JOBS__POLL_INTERVAL_MS", "50")];
+    // The simulator and the fake providers listen on this machine: allow loopback.
+    let mut all = vec![
+        ("WAYPOST_JOBS__POLL_INTERVAL_MS", "50"),
+        ("WAYPOST_EGRESS__ALLOW", "127.0.0.1"),
+    ];
     all.extend_from_slice(env);
     Server::start(&scratch.0, &args, &all)
 }
@@ -108,6 +112,7 @@ impl Rig {
                 app_secret: APP_SECRET.into(),
                 throughput_mps: rig.sim_mps,
                 display_number: Some("15550000001".into()),
+                waba_id: None,
             },
         );
         let synced = rig
@@ -956,6 +961,7 @@ async fn two_processes_share_a_channel_and_the_survivor_takes_it_over() {
                 app_secret: APP_SECRET.into(),
                 throughput_mps: rig.sim_mps,
                 display_number: Some("15550000001".into()),
+                waba_id: None,
             },
         );
         rig.server = Some(other);
