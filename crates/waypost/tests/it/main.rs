@@ -5,9 +5,11 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod cli;
+mod egress;
 mod identity;
 mod inbound;
 mod outbound;
 mod platform;
 mod process;
+mod security;
 mod serve;
