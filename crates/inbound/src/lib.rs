@@ -16,8 +16,8 @@ use waypost_providers::{
     twilio,
 };
 use waypost_store::{
-    Channel, ConsentSettings, ContactIdentity, LANE_TRANSACTIONAL, MARKETING, NewInboundMessage,
-    NewJob, StatusChange, StatusOutcome, TemplateChange, TenantScope, Tx,
+    Channel, ConsentSettings, ContactIdentity, InboxEntry, LANE_TRANSACTIONAL, MARKETING,
+    NewInboundMessage, NewJob, StatusChange, StatusOutcome, TemplateChange, TenantScope, Tx,
 };
 
 pub const PROCESS_KIND: &str = "inbound.process";
@@ -100,6 +100,16 @@ pub fn keyword_action(
     }
 }
 
+/// When something a webhook reports happened: the provider's time, but never later than we
+/// received it. Provider clocks are untrusted (an unsigned body dated 2100 must not open the
+/// 24-hour window for 75 years); a time slightly in the past is kept, so the window closes
+/// 24 hours after the customer actually wrote.
+fn event_time(provider_ms: Option<i64>, received_at: Timestamp) -> Timestamp {
+    provider_ms.map_or(received_at, |ms| {
+        Timestamp::from_millis(ms).min(received_at)
+    })
+}
+
 /// Processes one inbox entry inside `tx` (which belongs to the entry's tenant).
 pub async fn process(tx: &mut Tx<TenantScope>, inbox_id: InboxId) -> Result<Processed, Error> {
     let entry = tx.inbox_entry(inbox_id).await?;
@@ -151,9 +161,7 @@ pub async fn process(tx: &mut Tx<TenantScope>, inbox_id: InboxId) -> Result<Proc
                     Some(contact) => {
                         done.messages += 1;
                         if let Some(action) = keyword_action(&consent, &message.content) {
-                            let at = message
-                                .sent_at_ms
-                                .map_or(entry.received_at, Timestamp::from_millis);
+                            let at = event_time(message.sent_at_ms, entry.received_at);
                             tx.record_consent(contact, MARKETING, action, "keyword", None, at)
                                 .await?;
                             done.consent_changes += 1;
@@ -178,7 +186,7 @@ pub async fn process(tx: &mut Tx<TenantScope>, inbox_id: InboxId) -> Result<Proc
                     .await?;
                 if let (Some(action), true) = (action, pref.user.is_identified()) {
                     let contact = tx.upsert_contact(&identity(&pref.user)).await?;
-                    let at = pref.at_ms.map_or(entry.received_at, Timestamp::from_millis);
+                    let at = event_time(pref.at_ms, entry.received_at);
                     tx.record_consent(
                         contact,
                         MARKETING,
@@ -193,7 +201,7 @@ pub async fn process(tx: &mut Tx<TenantScope>, inbox_id: InboxId) -> Result<Proc
                 done.other_events += 1;
             }
             InboundEvent::Status(status) => {
-                apply_status(tx, entry.channel_id, &entry.provider, &status).await?;
+                apply_status(tx, &entry, &status).await?;
                 done.statuses += 1;
             }
             InboundEvent::Template(update) => {
@@ -271,7 +279,9 @@ async fn store_message(
     received_at: Timestamp,
 ) -> Result<Option<ContactId>, Error> {
     let contact = tx.upsert_contact(&identity(&message.from)).await?;
-    let sent_at = message.sent_at_ms.map(Timestamp::from_millis);
+    let sent_at = message
+        .sent_at_ms
+        .map(|ms| event_time(Some(ms), received_at));
     let conversation = tx
         .touch_conversation(channel, contact, Some(sent_at.unwrap_or(received_at)))
         .await?;
@@ -299,10 +309,13 @@ async fn store_message(
 
 async fn apply_status(
     tx: &mut Tx<TenantScope>,
-    channel: waypost_core::ChannelId,
-    provider: &str,
+    entry: &InboxEntry,
     status: &StatusUpdate,
 ) -> Result<(), Error> {
+    let (channel, provider) = (entry.channel_id, entry.provider.as_str());
+    let at = status
+        .at_ms
+        .map(|ms| event_time(Some(ms), entry.received_at));
     // A status outside sent < delivered < read < played < failed is kept, not applied.
     let Some(rank) = status.status.rank() else {
         let payload =
@@ -316,10 +329,7 @@ async fn apply_status(
     // 131050: the user stopped marketing messages; record it as their choice.
     if status.errors.iter().any(|e| e.code == Some(131_050)) && status.recipient.is_identified() {
         let contact = tx.upsert_contact(&identity(&status.recipient)).await?;
-        let at = status
-            .at_ms
-            .map_or_else(Timestamp::now, Timestamp::from_millis);
-        record_marketing_stop(tx, contact, at).await?;
+        record_marketing_stop(tx, contact, at.unwrap_or(entry.received_at)).await?;
     }
     // The same shape as a refused send: the first error, explained, and all of them.
     let error = status.errors.first().map(|first| {
@@ -336,7 +346,7 @@ async fn apply_status(
             provider_message_id: status.provider_message_id.clone(),
             status: name,
             rank: i64::from(rank),
-            at: status.at_ms.map(Timestamp::from_millis),
+            at,
             error,
         })
         .await?;

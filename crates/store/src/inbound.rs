@@ -762,7 +762,18 @@ impl Tx<Tenant> {
         let tenant = self.tenant();
         let now = Timestamp::now().as_millis();
         let at = inbound_at.map(Timestamp::as_millis);
-        let window = at.map(|a| a + SERVICE_WINDOW_MS);
+        // Checked: the instant comes from a webhook, and a wrapped sum would be a window
+        // that closed before 1970 (or, saturated, one that never closes).
+        let window = at
+            .map(|a| {
+                a.checked_add(SERVICE_WINDOW_MS).ok_or_else(|| {
+                    Error::new(
+                        ErrorCode::ValidationFailed,
+                        "an inbound message's time is out of range",
+                    )
+                })
+            })
+            .transpose()?;
         let id = on_conn!(&mut self.conn, |c| {
             sqlx::query_scalar::<_, Uuid>(
                 "INSERT INTO conversations (tenant_id, id, channel_id, contact_id, last_inbound_at, \
