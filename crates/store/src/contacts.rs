@@ -81,6 +81,15 @@ macro_rules! contact_select {
     };
 }
 
+/// A contact named exactly: what callers who see personal data masked may search by, so a
+/// search cannot be used to guess numbers or names a piece at a time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ContactKey {
+    Id(ContactId),
+    /// Matches the contact's E.164 number or its WhatsApp id.
+    Phone(PhoneNumber),
+}
+
 /// Which keywords opt a contact out of, or back into, marketing.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct ConsentSettings {
@@ -200,6 +209,34 @@ impl Tx<Tenant> {
             limit,
             |c| *c.id.as_uuid(),
         ))
+    }
+
+    /// The contacts `key` names exactly (at most one per number form).
+    pub async fn contacts_by_key(&mut self, key: &ContactKey) -> Result<Vec<Contact>> {
+        match key {
+            ContactKey::Id(id) => match self.get_contact(*id).await {
+                Ok(contact) => Ok(vec![contact]),
+                Err(err) if err.code() == ErrorCode::NotFound => Ok(Vec::new()),
+                Err(err) => Err(err),
+            },
+            ContactKey::Phone(phone) => {
+                let tenant = self.tenant();
+                let rows = on_conn!(&mut self.conn, |c| {
+                    sqlx::query_as::<_, ContactRow>(concat!(
+                        contact_select!(),
+                        " WHERE k.tenant_id = $1 AND (k.phone_e164 = $2 OR k.wa_id = $3) \
+                         ORDER BY k.id"
+                    ))
+                    .bind(tenant.as_uuid())
+                    .bind(phone.as_e164())
+                    .bind(phone.wa_id())
+                    .fetch_all(c)
+                    .await
+                })
+                .map_err(db_error)?;
+                Ok(rows.into_iter().map(Contact::from).collect())
+            }
+        }
     }
 
     pub async fn rename_contact(&mut self, id: ContactId, name: Option<&str>) -> Result<()> {

@@ -15,7 +15,7 @@ use crate::{
     ApiError, AppState,
     auth::Auth,
     problem::{ApiPath, ApiQuery, Problem},
-    routes::{channels::provider_client, conversations::redact_message},
+    routes::channels::provider_client,
 };
 
 /// A message to send. The content fields are the Cloud API's: `type` plus the object of that
@@ -209,11 +209,7 @@ pub async fn get_message(
     let message = tx.get_message(id).await?;
     tx.audit(auth.event("message.read", "message", id)).await?;
     tx.commit().await?;
-    Ok(Json(if auth.unmasked {
-        message
-    } else {
-        redact_message(message)
-    }))
+    Ok(Json(auth.shown(message)))
 }
 
 /// Marks an inbound message read (the customer sees blue ticks). Runs as a job: 202.

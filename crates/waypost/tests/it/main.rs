@@ -8,5 +8,6 @@ mod cli;
 mod identity;
 mod inbound;
 mod outbound;
+mod privacy;
 mod process;
 mod serve;
