@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
-use waypost_core::{ChannelId, Error};
+use waypost_core::{ChannelId, Error, ErrorCode, MessageId};
 use waypost_jobs::{Handler, JobContext, JobError};
 use waypost_store::NewJob;
 use waypost_vault::Vault;
@@ -14,19 +14,20 @@ use crate::provider::{ClientConfig, client_for, load_credentials};
 
 pub const MARK_READ_KIND: &str = "outbound.mark_read";
 
-/// Ids only, never content.
+/// Our ids only, never content, and not the provider's message id either: Meta's encodes
+/// the customer's number, and a job outlives the erasure of its contact.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct MarkRead {
     pub channel_id: ChannelId,
-    pub provider_message_id: String,
+    pub message_id: MessageId,
 }
 
-pub fn mark_read_job(channel_id: ChannelId, provider_message_id: String) -> Result<NewJob, Error> {
+pub fn mark_read_job(channel_id: ChannelId, message_id: MessageId) -> Result<NewJob, Error> {
     NewJob::new(
         MARK_READ_KIND,
         MarkRead {
             channel_id,
-            provider_message_id,
+            message_id,
         },
     )
 }
@@ -45,11 +46,20 @@ impl Handler for MarkReadHandler {
             .job()
             .tenant_id
             .ok_or_else(|| JobError::Permanent("mark-read job without a tenant".into()))?;
-        let (channel, credentials) = {
+        let (channel, credentials, provider_message_id) = {
             let mut tx = ctx.store().tenant_read(tenant).await?;
+            let provider_message_id = match tx.get_message(job.message_id).await {
+                Ok(message) => message.provider_message_id,
+                // Erased since: there is nothing left to mark read.
+                Err(err) if err.code() == ErrorCode::NotFound => None,
+                Err(err) => return Err(err.into()),
+            };
+            let Some(provider_message_id) = provider_message_id else {
+                return Ok(());
+            };
             let channel = tx.get_channel(job.channel_id).await?;
             let credentials = load_credentials(&mut tx, &self.vault, &channel).await?;
-            (channel, credentials)
+            (channel, credentials, provider_message_id)
         };
         let client = client_for(
             &channel,
@@ -60,7 +70,7 @@ impl Handler for MarkReadHandler {
             },
         )?;
         client
-            .mark_read(&job.provider_message_id)
+            .mark_read(&provider_message_id)
             .await
             .map_err(|e| JobError::Retry(e.to_string()))
     }

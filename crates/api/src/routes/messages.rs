@@ -224,14 +224,11 @@ pub async fn mark_read(
 ) -> Result<StatusCode, ApiError> {
     let mut tx = state.store.tenant(auth.tenant()?).await?;
     let message = tx.get_message(id).await?;
-    let provider_id = match (message.direction.as_str(), message.provider_message_id) {
-        ("inbound", Some(provider_id)) => provider_id,
-        _ => {
-            return Err(Error::validation("only inbound messages can be marked read").into());
-        }
-    };
+    if message.direction != "inbound" || message.provider_message_id.is_none() {
+        return Err(Error::validation("only inbound messages can be marked read").into());
+    }
     let (channel, _) = tx.message_route(id).await?;
-    tx.enqueue(mark_read_job(channel, provider_id)?).await?;
+    tx.enqueue(mark_read_job(channel, id)?).await?;
     tx.audit(auth.event("message.mark_read", "message", id))
         .await?;
     tx.commit().await?;
