@@ -237,6 +237,23 @@ pub async fn process(tx: &mut Tx<TenantScope>, inbox_id: InboxId) -> Result<Proc
     Ok(done)
 }
 
+/// Erases a contact and every copy of it (`Tx::delete_contact`). Webhooks that mention it and
+/// still wait are processed first, inside the erasure: a body can speak for several people,
+/// and the others keep their messages when the body is blanked. A body that cannot be read is
+/// blanked like the rest (parsing fails before anything is written).
+pub async fn erase_contact(tx: &mut Tx<TenantScope>, contact: ContactId) -> Result<(), Error> {
+    for inbox_id in tx.unprocessed_inbox_mentioning(contact).await? {
+        match process(tx, inbox_id).await {
+            Ok(_) => {}
+            Err(err) if err.code() == ErrorCode::ValidationFailed => {
+                tracing::warn!(inbox = %inbox_id, error = %err, "an unreadable body is erased unprocessed");
+            }
+            Err(err) => return Err(err),
+        }
+    }
+    tx.delete_contact(contact).await
+}
+
 fn event_phone_number_id(event: &InboundEvent) -> Option<&str> {
     let channel = match event {
         InboundEvent::Message(m) => &m.channel,

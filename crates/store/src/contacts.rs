@@ -259,37 +259,6 @@ impl Tx<Tenant> {
         }
     }
 
-    /// Erases a contact with its conversations, messages and consent history.
-    pub async fn delete_contact(&mut self, id: ContactId) -> Result<()> {
-        let tenant = self.tenant();
-        self.get_contact(id).await?;
-        // Unsent messages go too: an erased contact is never messaged again.
-        for sql in [
-            "DELETE FROM outbox WHERE tenant_id = $1 AND message_id IN (SELECT id FROM messages \
-             WHERE tenant_id = $1 AND conversation_id IN \
-             (SELECT id FROM conversations WHERE tenant_id = $1 AND contact_id = $2))",
-            "DELETE FROM idempotency_keys WHERE tenant_id = $1 AND message_id IN (SELECT id FROM messages \
-             WHERE tenant_id = $1 AND conversation_id IN \
-             (SELECT id FROM conversations WHERE tenant_id = $1 AND contact_id = $2))",
-            "DELETE FROM messages WHERE tenant_id = $1 AND conversation_id IN \
-             (SELECT id FROM conversations WHERE tenant_id = $1 AND contact_id = $2)",
-            "DELETE FROM conversations WHERE tenant_id = $1 AND contact_id = $2",
-            "DELETE FROM consent_events WHERE tenant_id = $1 AND contact_id = $2",
-            "DELETE FROM contacts WHERE tenant_id = $1 AND id = $2",
-        ] {
-            on_conn!(&mut self.conn, |c| {
-                sqlx::query(sql)
-                    .bind(tenant.as_uuid())
-                    .bind(id.as_uuid())
-                    .execute(c)
-                    .await
-                    .map(|r| r.rows_affected())
-            })
-            .map_err(db_error)?;
-        }
-        Ok(())
-    }
-
     /// The contact with this WhatsApp id, if any.
     pub async fn contact_by_wa_id(&mut self, wa_id: &str) -> Result<Option<ContactId>> {
         let tenant = self.tenant();

@@ -7,6 +7,7 @@ mod api_keys;
 mod audit;
 mod connect;
 mod contacts;
+mod erasure;
 mod inbound;
 mod jobs;
 mod outbound;

@@ -251,7 +251,9 @@ pub async fn update_contact(
     Ok(Json(detail(&state, &auth, id, "contact.read").await?))
 }
 
-/// Erases a contact with its conversations, messages and consent history.
+/// Erases a contact with its conversations, messages and consent history, and every raw copy
+/// that quotes it: stored webhook bodies (blanked whole), channel events and early statuses.
+/// The audit record names the contact by id only.
 #[utoipa::path(delete, path = "/api/v1/contacts/{id}", tag = "contacts",
     params(("id" = ContactId, Path, description = "Contact id")),
     responses((status = NO_CONTENT), (status = NOT_FOUND, body = Problem, content_type = "application/problem+json")))]
@@ -261,7 +263,7 @@ pub async fn delete_contact(
     ApiPath(id): ApiPath<ContactId>,
 ) -> Result<StatusCode, ApiError> {
     let mut tx = state.store.tenant(auth.tenant()?).await?;
-    tx.delete_contact(id).await?;
+    waypost_inbound::erase_contact(&mut tx, id).await?;
     tx.audit(auth.event("contact.delete", "contact", id))
         .await?;
     tx.commit().await?;

@@ -1,5 +1,5 @@
-//! Personal data through the binary: masked callers find none of it on any read route, on
-//! SQLite and PostgreSQL.
+//! Personal data through the binary: masked callers find none of it on any read route, and an
+//! erased contact leaves no copy in the database, on SQLite and PostgreSQL.
 
 use axum::{
     body::Bytes,
@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 use waypost_api::authz::{Permission, ROUTE_PERMISSIONS};
 use waypost_core::Role;
 use waypost_providers::signature::sign_meta;
-use waypost_store::testkit::{TestDb, test_databases};
+use waypost_store::testkit::{Flavor, TestDb, test_databases};
 
 use crate::process::{Scratch, Server, run_json};
 
@@ -26,6 +26,10 @@ const REPLY: &str = "Sentinel reply Quokka-6604";
 const NOTE: &str = "Sentinel note Ibis-2207";
 /// A provider's failure text quoting the number and the name, as some do.
 const PROVIDER_ERROR: &str = "Recipient +14155557319 (Quintessa Varnhagen) cannot receive this";
+
+/// Someone else, who writes in the same webhook body as the sentinel contact.
+const OTHER_DIGITS: &str = "14155558842";
+const OTHER_TEXT: &str = "Other person's message";
 
 const PHONE_NUMBER_ID: &str = "106540352242922";
 const WABA_ID: &str = "102290129340398";
@@ -123,6 +127,7 @@ async fn fake_graph() -> String {
 /// A server with a Meta channel and the sentinel contact in every place personal data goes.
 struct Seeded {
     scratch: Scratch,
+    /// `None` only while restarting.
     server: Option<Server>,
     client: reqwest::Client,
     owner: String,
@@ -134,6 +139,14 @@ struct Seeded {
 impl Seeded {
     fn server(&self) -> &Server {
         self.server.as_ref().expect("a running server")
+    }
+
+    /// Stops the server and, unless `extra` is `None`, starts it again with those flags.
+    fn restart(&mut self, url: &str, extra: Option<&[&str]>) {
+        if let Some(server) = self.server.take() {
+            assert!(server.terminate().0.success());
+        }
+        self.server = extra.map(|extra| Self::serve(&self.scratch, url, extra));
     }
 
     fn serve(scratch: &Scratch, url: &str, extra: &[&str]) -> Server {
@@ -670,4 +683,83 @@ async fn failed_message(seeded: &Seeded, caller: &Caller, ids: &Ids) -> Value {
         }
     }
     panic!("no failed message")
+}
+
+/// Every form a sentinel can take in a dump: as is, and as PostgreSQL prints `bytea` (hex).
+fn forms(sentinel: &str) -> [Vec<u8>; 2] {
+    let hex: String = sentinel.bytes().map(|b| format!("{b:02x}")).collect();
+    [sentinel.as_bytes().to_vec(), hex.into_bytes()]
+}
+
+#[tokio::test]
+async fn an_erased_contact_leaves_no_copy_in_the_database() {
+    for db in test_databases().await {
+        let mut seeded = Seeded::start(&db).await;
+        // Without workers, a body that speaks for the contact and someone else is still
+        // unprocessed when the erasure comes: the other person must keep their message, and
+        // the contact must not come back when it is processed.
+        seeded.restart(&db.url, Some(&["--no-workers"]));
+        seeded
+            .webhook(messages(
+                vec![person(DIGITS, NAME), person(OTHER_DIGITS, "Other Person")],
+                vec![
+                    message(DIGITS, &wamid(DIGITS, 5), "text", json!({"body": BODY})),
+                    message(
+                        OTHER_DIGITS,
+                        &wamid(OTHER_DIGITS, 1),
+                        "text",
+                        json!({"body": OTHER_TEXT}),
+                    ),
+                ],
+            ))
+            .await;
+        let (status, _) = seeded
+            .call(
+                Method::DELETE,
+                &format!("/api/v1/contacts/{}", seeded.contact),
+                None,
+                &[],
+            )
+            .await;
+        assert_eq!(status, 204);
+
+        let other = seeded.conversation_of(OTHER_DIGITS, 1).await;
+        assert_eq!(
+            seeded.messages_of(&other).await[0]["content"]["body"],
+            OTHER_TEXT
+        );
+        let (_, found) = seeded
+            .get(&format!("/api/v1/contacts?search={}", urlencode(NUMBER)))
+            .await;
+        assert_eq!(found["data"], json!([]), "{found}");
+        let (_, audit) = seeded
+            .get("/api/v1/audit-events?action=contact.delete")
+            .await;
+        assert_eq!(audit["data"][0]["target_id"], seeded.contact.as_str());
+
+        seeded.restart(&db.url, None);
+        if db.flavor == Flavor::Sqlite {
+            db.execute_as_superuser("PRAGMA wal_checkpoint(TRUNCATE)")
+                .await;
+        }
+        let dump = db.dump().await;
+        assert!(
+            dump.len() > 10_000,
+            "the dump holds too little to prove anything"
+        );
+        for sentinel in sentinels() {
+            for form in forms(&sentinel) {
+                let at = dump.windows(form.len()).position(|w| w == form.as_slice());
+                assert!(
+                    at.is_none(),
+                    "{sentinel:?} survives the erasure ({:?}): …{}…",
+                    db.flavor,
+                    String::from_utf8_lossy(
+                        &dump[at.unwrap_or(0).saturating_sub(200)
+                            ..(at.unwrap_or(0) + 200).min(dump.len())]
+                    )
+                );
+            }
+        }
+    }
 }
