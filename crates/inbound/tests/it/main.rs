@@ -474,7 +474,7 @@ async fn the_service_window_trusts_no_provider_clock_beyond_receipt() {
         assert!(closes < received + DAY_MS - 3_000_000);
 
         // Gupshup signs nothing: a body dated 2100 (milliseconds there) is no better.
-        let mut tx = store.platform().await.unwrap();
+        let tx = store.platform().await.unwrap();
         let (tx, gupshup) = tx
             .create_channel(
                 tenant,
