@@ -104,10 +104,8 @@ pub fn keyword_action(
 /// received it. Provider clocks are untrusted (an unsigned body dated 2100 must not open the
 /// 24-hour window for 75 years); a time slightly in the past is kept, so the window closes
 /// 24 hours after the customer actually wrote.
-fn event_time(provider_ms: Option<i64>, received_at: Timestamp) -> Timestamp {
-    provider_ms.map_or(received_at, |ms| {
-        Timestamp::from_millis(ms).min(received_at)
-    })
+fn reported_at(provider_ms: i64, received_at: Timestamp) -> Timestamp {
+    Timestamp::from_millis(provider_ms).min(received_at)
 }
 
 /// Processes one inbox entry inside `tx` (which belongs to the entry's tenant).
@@ -161,7 +159,9 @@ pub async fn process(tx: &mut Tx<TenantScope>, inbox_id: InboxId) -> Result<Proc
                     Some(contact) => {
                         done.messages += 1;
                         if let Some(action) = keyword_action(&consent, &message.content) {
-                            let at = event_time(message.sent_at_ms, entry.received_at);
+                            let at = message
+                                .sent_at_ms
+                                .map_or(entry.received_at, |ms| reported_at(ms, entry.received_at));
                             tx.record_consent(contact, MARKETING, action, "keyword", None, at)
                                 .await?;
                             done.consent_changes += 1;
@@ -186,7 +186,9 @@ pub async fn process(tx: &mut Tx<TenantScope>, inbox_id: InboxId) -> Result<Proc
                     .await?;
                 if let (Some(action), true) = (action, pref.user.is_identified()) {
                     let contact = tx.upsert_contact(&identity(&pref.user)).await?;
-                    let at = event_time(pref.at_ms, entry.received_at);
+                    let at = pref
+                        .at_ms
+                        .map_or(entry.received_at, |ms| reported_at(ms, entry.received_at));
                     tx.record_consent(
                         contact,
                         MARKETING,
@@ -296,9 +298,7 @@ async fn store_message(
     received_at: Timestamp,
 ) -> Result<Option<ContactId>, Error> {
     let contact = tx.upsert_contact(&identity(&message.from)).await?;
-    let sent_at = message
-        .sent_at_ms
-        .map(|ms| event_time(Some(ms), received_at));
+    let sent_at = message.sent_at_ms.map(|ms| reported_at(ms, received_at));
     let conversation = tx
         .touch_conversation(channel, contact, Some(sent_at.unwrap_or(received_at)))
         .await?;
@@ -330,9 +330,7 @@ async fn apply_status(
     status: &StatusUpdate,
 ) -> Result<(), Error> {
     let (channel, provider) = (entry.channel_id, entry.provider.as_str());
-    let at = status
-        .at_ms
-        .map(|ms| event_time(Some(ms), entry.received_at));
+    let at = status.at_ms.map(|ms| reported_at(ms, entry.received_at));
     // A status outside sent < delivered < read < played < failed is kept, not applied.
     let Some(rank) = status.status.rank() else {
         let payload =

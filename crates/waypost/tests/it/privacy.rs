@@ -485,20 +485,9 @@ fn expected_status(
     let operator = session && role == Role::Viewer;
     Some(match permission {
         Permission::Public => return None,
-        Permission::SignedIn => {
-            if session {
-                200
-            } else {
-                403
-            }
-        }
-        Permission::Operate => {
-            if operator {
-                200
-            } else {
-                403
-            }
-        }
+        Permission::SignedIn if session => 200,
+        Permission::Operate if operator => 200,
+        Permission::SignedIn | Permission::Operate => 403,
         // Media is personal data whole: masked callers may not fetch it at all.
         _ if route.contains("/media") => 403,
         p if p.granted_to(role) => 200,
