@@ -16,8 +16,8 @@ use waypost_providers::{
     meta, twilio,
 };
 use waypost_store::{
-    Channel, ConsentSettings, ContactIdentity, LANE_TRANSACTIONAL, MARKETING, NewInboundMessage,
-    NewJob, StatusChange, StatusOutcome, TemplateChange, TenantScope, Tx,
+    Channel, ConsentSettings, ContactIdentity, InboxEntry, LANE_TRANSACTIONAL, MARKETING,
+    NewInboundMessage, NewJob, StatusChange, StatusOutcome, TemplateChange, TenantScope, Tx,
 };
 
 pub const PROCESS_KIND: &str = "inbound.process";
@@ -100,6 +100,14 @@ pub fn keyword_action(
     }
 }
 
+/// When something a webhook reports happened: the provider's time, but never later than we
+/// received it. Provider clocks are untrusted (an unsigned body dated 2100 must not open the
+/// 24-hour window for 75 years); a time slightly in the past is kept, so the window closes
+/// 24 hours after the customer actually wrote.
+fn reported_at(provider_ms: i64, received_at: Timestamp) -> Timestamp {
+    Timestamp::from_millis(provider_ms).min(received_at)
+}
+
 /// Processes one inbox entry inside `tx` (which belongs to the entry's tenant).
 pub async fn process(tx: &mut Tx<TenantScope>, inbox_id: InboxId) -> Result<Processed, Error> {
     let entry = tx.inbox_entry(inbox_id).await?;
@@ -148,7 +156,7 @@ pub async fn process(tx: &mut Tx<TenantScope>, inbox_id: InboxId) -> Result<Proc
                         if let Some(action) = keyword_action(&consent, &message.content) {
                             let at = message
                                 .sent_at_ms
-                                .map_or(entry.received_at, Timestamp::from_millis);
+                                .map_or(entry.received_at, |ms| reported_at(ms, entry.received_at));
                             tx.record_consent(contact, MARKETING, action, "keyword", None, at)
                                 .await?;
                             done.consent_changes += 1;
@@ -173,7 +181,9 @@ pub async fn process(tx: &mut Tx<TenantScope>, inbox_id: InboxId) -> Result<Proc
                     .await?;
                 if let (Some(action), true) = (action, pref.user.is_identified()) {
                     let contact = tx.upsert_contact(&identity(&pref.user)).await?;
-                    let at = pref.at_ms.map_or(entry.received_at, Timestamp::from_millis);
+                    let at = pref
+                        .at_ms
+                        .map_or(entry.received_at, |ms| reported_at(ms, entry.received_at));
                     tx.record_consent(
                         contact,
                         MARKETING,
@@ -188,7 +198,7 @@ pub async fn process(tx: &mut Tx<TenantScope>, inbox_id: InboxId) -> Result<Proc
                 done.other_events += 1;
             }
             InboundEvent::Status(status) => {
-                apply_status(tx, entry.channel_id, &entry.provider, &status).await?;
+                apply_status(tx, &entry, &status).await?;
                 done.statuses += 1;
             }
             InboundEvent::Template(update) => {
@@ -222,6 +232,23 @@ pub async fn process(tx: &mut Tx<TenantScope>, inbox_id: InboxId) -> Result<Proc
     }
     tx.mark_processed(inbox_id).await?;
     Ok(done)
+}
+
+/// Erases a contact and every copy of it (`Tx::delete_contact`). Webhooks that mention it and
+/// still wait are processed first, inside the erasure: a body can speak for several people,
+/// and the others keep their messages when the body is blanked. A body that cannot be read is
+/// blanked like the rest (parsing fails before anything is written).
+pub async fn erase_contact(tx: &mut Tx<TenantScope>, contact: ContactId) -> Result<(), Error> {
+    for inbox_id in tx.unprocessed_inbox_mentioning(contact).await? {
+        match process(tx, inbox_id).await {
+            Ok(_) => {}
+            Err(err) if err.code() == ErrorCode::ValidationFailed => {
+                tracing::warn!(inbox = %inbox_id, error = %err, "an unreadable body is erased unprocessed");
+            }
+            Err(err) => return Err(err),
+        }
+    }
+    tx.delete_contact(contact).await
 }
 
 /// A webhook may carry other numbers' and other accounts' changes (the platform app's come
@@ -280,7 +307,7 @@ async fn store_message(
     received_at: Timestamp,
 ) -> Result<Option<ContactId>, Error> {
     let contact = tx.upsert_contact(&identity(&message.from)).await?;
-    let sent_at = message.sent_at_ms.map(Timestamp::from_millis);
+    let sent_at = message.sent_at_ms.map(|ms| reported_at(ms, received_at));
     let conversation = tx
         .touch_conversation(channel, contact, Some(sent_at.unwrap_or(received_at)))
         .await?;
@@ -308,10 +335,11 @@ async fn store_message(
 
 async fn apply_status(
     tx: &mut Tx<TenantScope>,
-    channel: waypost_core::ChannelId,
-    provider: &str,
+    entry: &InboxEntry,
     status: &StatusUpdate,
 ) -> Result<(), Error> {
+    let (channel, provider) = (entry.channel_id, entry.provider.as_str());
+    let at = status.at_ms.map(|ms| reported_at(ms, entry.received_at));
     // A status outside sent < delivered < read < played < failed is kept, not applied.
     let Some(rank) = status.status.rank() else {
         let payload =
@@ -325,10 +353,7 @@ async fn apply_status(
     // 131050: the user stopped marketing messages; record it as their choice.
     if status.errors.iter().any(|e| e.code == Some(131_050)) && status.recipient.is_identified() {
         let contact = tx.upsert_contact(&identity(&status.recipient)).await?;
-        let at = status
-            .at_ms
-            .map_or_else(Timestamp::now, Timestamp::from_millis);
-        record_marketing_stop(tx, contact, at).await?;
+        record_marketing_stop(tx, contact, at.unwrap_or(entry.received_at)).await?;
     }
     // The same shape as a refused send: the first error, explained, and all of them.
     let error = status.errors.first().map(|first| {
@@ -345,7 +370,7 @@ async fn apply_status(
             provider_message_id: status.provider_message_id.clone(),
             status: name,
             rank: i64::from(rank),
-            at: status.at_ms.map(Timestamp::from_millis),
+            at,
             error,
         })
         .await?;

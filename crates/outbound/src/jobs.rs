@@ -6,30 +6,29 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
-use waypost_core::{ChannelId, Error, ErrorCode};
+use waypost_core::{ChannelId, Error, ErrorCode, MessageId};
 use waypost_jobs::{Handler, JobContext, JobError};
-use waypost_store::{NewJob, Verification};
+use waypost_store::{Channel, NewJob, Verification};
 use waypost_vault::Vault;
-
-use waypost_store::Channel;
 
 use crate::provider::{ClientConfig, Provider, ProviderHttp, client_for, load_credentials};
 
 pub const MARK_READ_KIND: &str = "outbound.mark_read";
 
-/// Ids only, never content.
+/// Our ids only, never content, and not the provider's message id either: Meta's encodes
+/// the customer's number, and a job outlives the erasure of its contact.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct MarkRead {
     pub channel_id: ChannelId,
-    pub provider_message_id: String,
+    pub message_id: MessageId,
 }
 
-pub fn mark_read_job(channel_id: ChannelId, provider_message_id: String) -> Result<NewJob, Error> {
+pub fn mark_read_job(channel_id: ChannelId, message_id: MessageId) -> Result<NewJob, Error> {
     NewJob::new(
         MARK_READ_KIND,
         MarkRead {
             channel_id,
-            provider_message_id,
+            message_id,
         },
     )
 }
@@ -44,9 +43,21 @@ impl Handler for MarkReadHandler {
     async fn run(&self, ctx: &JobContext) -> Result<(), JobError> {
         let job: MarkRead = serde_json::from_value(ctx.job().payload.clone())
             .map_err(|e| JobError::Permanent(format!("bad payload: {e}")))?;
+        let provider_message_id = {
+            let mut tx = ctx.store().tenant_read(channel_tenant(ctx)?).await?;
+            match tx.get_message(job.message_id).await {
+                Ok(message) => message.provider_message_id,
+                // Erased since: there is nothing left to mark read.
+                Err(err) if err.code() == ErrorCode::NotFound => None,
+                Err(err) => return Err(err.into()),
+            }
+        };
+        let Some(provider_message_id) = provider_message_id else {
+            return Ok(());
+        };
         let (_, client) = channel_client(ctx, &self.vault, &self.http, job.channel_id).await?;
         client
-            .mark_read(&job.provider_message_id)
+            .mark_read(&provider_message_id)
             .await
             .map_err(|e| match e.code() {
                 ErrorCode::EgressRefused => JobError::Permanent(e.to_string()),
@@ -62,12 +73,8 @@ async fn channel_client(
     http: &ProviderHttp,
     channel_id: ChannelId,
 ) -> Result<(Channel, Box<dyn Provider>), JobError> {
-    let tenant = ctx
-        .job()
-        .tenant_id
-        .ok_or_else(|| JobError::Permanent(format!("{} job without a tenant", ctx.job().kind)))?;
     let (channel, credentials) = {
-        let mut tx = ctx.store().tenant_read(tenant).await?;
+        let mut tx = ctx.store().tenant_read(channel_tenant(ctx)?).await?;
         let channel = tx.get_channel(channel_id).await?;
         let credentials = load_credentials(&mut tx, vault, &channel).await?;
         (channel, credentials)

@@ -99,7 +99,9 @@ pub fn parse(body: &[u8]) -> Result<Vec<InboundEvent>, meta::ParseError> {
 fn time_millis(text: &str) -> Option<i64> {
     let at =
         time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339).ok()?;
-    i64::try_from(at.unix_timestamp_nanos() / 1_000_000).ok()
+    i64::try_from(at.unix_timestamp_nanos() / 1_000_000)
+        .ok()
+        .and_then(plausible_epoch_ms)
 }
 
 #[cfg(test)]

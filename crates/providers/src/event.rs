@@ -3,6 +3,17 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+/// The latest instant a provider's timestamp may name, in epoch milliseconds: the end of year
+/// 9999, the last one RFC 3339 can write. Webhook bodies are untrusted input; a later value
+/// (or one before 1970) is noise, not a time, and is dropped rather than overflow arithmetic
+/// downstream.
+pub const MAX_EPOCH_MS: i64 = 253_402_300_799_999;
+
+/// `ms` if it names a plausible instant (1970 to 9999).
+pub fn plausible_epoch_ms(ms: i64) -> Option<i64> {
+    (0..=MAX_EPOCH_MS).contains(&ms).then_some(ms)
+}
+
 /// Which of our channels an event arrived on, as the provider names it.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ChannelRef {

@@ -29,7 +29,10 @@ pub fn parse(body: &[u8]) -> Result<Vec<InboundEvent>, meta::ParseError> {
     }
     let outer = root.get("payload").cloned().unwrap_or(Value::Null);
     // Timestamps are milliseconds here.
-    let at_ms = root.get("timestamp").and_then(Value::as_i64);
+    let at_ms = root
+        .get("timestamp")
+        .and_then(Value::as_i64)
+        .and_then(plausible_epoch_ms);
     let channel = ChannelRef {
         phone_number_id: None,
         display_phone_number: None,

@@ -33,19 +33,22 @@ fn number(value: &Value, key: &str) -> Option<f64> {
 }
 
 /// Unix seconds (string or number) as epoch milliseconds. Values that already look like
-/// milliseconds (some BSPs send those) are kept.
+/// milliseconds (some BSPs send those) are kept. Anything outside 1970..9999 is `None`.
 fn timestamp_ms(value: &Value, key: &str) -> Option<i64> {
     let raw = number(value, key)?;
-    if !raw.is_finite() || raw < 0.0 {
+    // Checked before the cast: `as` saturates, and i64::MAX "milliseconds" overflowed every
+    // window computed from it.
+    if !raw.is_finite() || !(0.0..=MAX_EPOCH_MS as f64).contains(&raw) {
         return None;
     }
-    // Casts saturate; anything past year 33658 in seconds is already milliseconds.
     let whole = raw as i64;
-    Some(if whole > 1_000_000_000_000 {
+    // Anything past year 33658 in seconds is already milliseconds.
+    let ms = if whole > 1_000_000_000_000 {
         whole
     } else {
-        whole.saturating_mul(1000)
-    })
+        whole.checked_mul(1000)?
+    };
+    plausible_epoch_ms(ms)
 }
 
 fn flag(value: &Value, key: &str) -> bool {

@@ -289,7 +289,10 @@ impl Store {
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(sync)
             .busy_timeout(Duration::from_secs(5))
-            .foreign_keys(true);
+            .foreign_keys(true)
+            // Deleted and overwritten content is zeroed, not left in free pages and cells:
+            // an erased contact must not linger in the file's bytes.
+            .pragma("secure_delete", "ON");
         let write = SqlitePoolOptions::new()
             .max_connections(1)
             .acquire_timeout(options.acquire_timeout)

@@ -81,6 +81,15 @@ macro_rules! contact_select {
     };
 }
 
+/// A contact named exactly: what callers who see personal data masked may search by, so a
+/// search cannot be used to guess numbers or names a piece at a time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ContactKey {
+    Id(ContactId),
+    /// Matches the contact's E.164 number or its WhatsApp id.
+    Phone(PhoneNumber),
+}
+
 /// Which keywords opt a contact out of, or back into, marketing.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct ConsentSettings {
@@ -202,6 +211,34 @@ impl Tx<Tenant> {
         ))
     }
 
+    /// The contacts `key` names exactly (at most one per number form).
+    pub async fn contacts_by_key(&mut self, key: &ContactKey) -> Result<Vec<Contact>> {
+        match key {
+            ContactKey::Id(id) => match self.get_contact(*id).await {
+                Ok(contact) => Ok(vec![contact]),
+                Err(err) if err.code() == ErrorCode::NotFound => Ok(Vec::new()),
+                Err(err) => Err(err),
+            },
+            ContactKey::Phone(phone) => {
+                let tenant = self.tenant();
+                let rows = on_conn!(&mut self.conn, |c| {
+                    sqlx::query_as::<_, ContactRow>(concat!(
+                        contact_select!(),
+                        " WHERE k.tenant_id = $1 AND (k.phone_e164 = $2 OR k.wa_id = $3) \
+                         ORDER BY k.id"
+                    ))
+                    .bind(tenant.as_uuid())
+                    .bind(phone.as_e164())
+                    .bind(phone.wa_id())
+                    .fetch_all(c)
+                    .await
+                })
+                .map_err(db_error)?;
+                Ok(rows.into_iter().map(Contact::from).collect())
+            }
+        }
+    }
+
     pub async fn rename_contact(&mut self, id: ContactId, name: Option<&str>) -> Result<()> {
         let tenant = self.tenant();
         let updated = on_conn!(&mut self.conn, |c| {
@@ -220,37 +257,6 @@ impl Tx<Tenant> {
         } else {
             Err(Error::not_found("contact"))
         }
-    }
-
-    /// Erases a contact with its conversations, messages and consent history.
-    pub async fn delete_contact(&mut self, id: ContactId) -> Result<()> {
-        let tenant = self.tenant();
-        self.get_contact(id).await?;
-        // Unsent messages go too: an erased contact is never messaged again.
-        for sql in [
-            "DELETE FROM outbox WHERE tenant_id = $1 AND message_id IN (SELECT id FROM messages \
-             WHERE tenant_id = $1 AND conversation_id IN \
-             (SELECT id FROM conversations WHERE tenant_id = $1 AND contact_id = $2))",
-            "DELETE FROM idempotency_keys WHERE tenant_id = $1 AND message_id IN (SELECT id FROM messages \
-             WHERE tenant_id = $1 AND conversation_id IN \
-             (SELECT id FROM conversations WHERE tenant_id = $1 AND contact_id = $2))",
-            "DELETE FROM messages WHERE tenant_id = $1 AND conversation_id IN \
-             (SELECT id FROM conversations WHERE tenant_id = $1 AND contact_id = $2)",
-            "DELETE FROM conversations WHERE tenant_id = $1 AND contact_id = $2",
-            "DELETE FROM consent_events WHERE tenant_id = $1 AND contact_id = $2",
-            "DELETE FROM contacts WHERE tenant_id = $1 AND id = $2",
-        ] {
-            on_conn!(&mut self.conn, |c| {
-                sqlx::query(sql)
-                    .bind(tenant.as_uuid())
-                    .bind(id.as_uuid())
-                    .execute(c)
-                    .await
-                    .map(|r| r.rows_affected())
-            })
-            .map_err(db_error)?;
-        }
-        Ok(())
     }
 
     /// The contact with this WhatsApp id, if any.

@@ -15,7 +15,7 @@ use crate::{
     NewJob, Store,
     connect::db_error,
     jobs::job_rows,
-    tx::{Platform, Tenant, Tx, on_conn},
+    tx::{Conn, Platform, Tenant, Tx, on_conn},
 };
 
 /// The customer-service window: free-form messages are allowed this long after the
@@ -616,6 +616,21 @@ struct JobColumns {
     dedupe_keys: Vec<Option<String>>,
 }
 
+/// An inbox entry, read to be processed. PostgreSQL locks the row, so processing and an
+/// erasure that blanks the body take turns: a body read before its contact was erased cannot
+/// bring the contact back. (SQLite's single writer already takes turns.)
+macro_rules! inbox_entry_sql {
+    ($lock:literal) => {
+        concat!(
+            "SELECT channel_id, provider, received_at, body, processed_at FROM webhook_inbox \
+             WHERE tenant_id = $1 AND id = $2",
+            $lock
+        )
+    };
+}
+const INBOX_ENTRY_SQLITE: &str = inbox_entry_sql!("");
+const INBOX_ENTRY_POSTGRES: &str = inbox_entry_sql!(" FOR UPDATE");
+
 impl Tx<Tenant> {
     /// Shows a verification's outcome on the channel (the routing side is
     /// `Tx<Platform>::set_route_verified`, in the same transaction).
@@ -741,15 +756,16 @@ impl Tx<Tenant> {
             processed_at: Option<i64>,
         }
         let tenant = self.tenant();
+        let sql = match self.conn {
+            Conn::Sqlite(_) => INBOX_ENTRY_SQLITE,
+            Conn::Postgres(_) => INBOX_ENTRY_POSTGRES,
+        };
         let row = on_conn!(&mut self.conn, |c| {
-            sqlx::query_as::<_, Row>(
-                "SELECT channel_id, provider, received_at, body, processed_at FROM webhook_inbox \
-                 WHERE tenant_id = $1 AND id = $2",
-            )
-            .bind(tenant.as_uuid())
-            .bind(id.as_uuid())
-            .fetch_optional(c)
-            .await
+            sqlx::query_as::<_, Row>(sql)
+                .bind(tenant.as_uuid())
+                .bind(id.as_uuid())
+                .fetch_optional(c)
+                .await
         })
         .map_err(db_error)?
         .ok_or_else(|| Error::not_found("inbox entry"))?;
@@ -887,7 +903,18 @@ impl Tx<Tenant> {
         let tenant = self.tenant();
         let now = Timestamp::now().as_millis();
         let at = inbound_at.map(Timestamp::as_millis);
-        let window = at.map(|a| a + SERVICE_WINDOW_MS);
+        // Checked: the instant comes from a webhook, and a wrapped sum would be a window
+        // that closed before 1970 (or, saturated, one that never closes).
+        let window = at
+            .map(|a| {
+                a.checked_add(SERVICE_WINDOW_MS).ok_or_else(|| {
+                    Error::new(
+                        ErrorCode::ValidationFailed,
+                        "an inbound message's time is out of range",
+                    )
+                })
+            })
+            .transpose()?;
         let id = on_conn!(&mut self.conn, |c| {
             sqlx::query_scalar::<_, Uuid>(
                 "INSERT INTO conversations (tenant_id, id, channel_id, contact_id, last_inbound_at, \

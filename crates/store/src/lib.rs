@@ -7,6 +7,7 @@ mod api_keys;
 mod audit;
 mod connect;
 mod contacts;
+mod erasure;
 mod inbound;
 mod jobs;
 mod outbound;
@@ -22,7 +23,7 @@ mod users;
 pub use api_keys::{ApiKey, ApiKeyWithSecret, NewApiKey};
 pub use audit::{AuditEvent, AuditFilter, AuditRecord, ChainReport, broken_chain_error};
 pub use connect::{DatabaseUrl, Engine, Identity, Readiness, SqliteSync, Store, StoreOptions};
-pub use contacts::{ConsentEvent, ConsentSettings, Contact, MARKETING};
+pub use contacts::{ConsentEvent, ConsentSettings, Contact, ContactKey, MARKETING};
 pub use inbound::{
     Channel, ChannelRoute, ContactIdentity, Conversation, InboxEntry, IncomingWebhook, NewChannel,
     NewInboundMessage, SERVICE_WINDOW_MS, StatusChange, StatusOutcome, StoredMessage, Verification,

@@ -83,7 +83,7 @@ pub async fn list_audit_events(
         return Err(Error::validation("format must be json, csv or jsonl").into());
     }
 
-    let mut records = Vec::new();
+    let mut found = Vec::new();
     {
         let mut tx = state.store.tenant_read(tenant).await?;
         loop {
@@ -91,8 +91,8 @@ pub async fn list_audit_events(
             let batch = tx.list_audit(&filter, batch_limit).await?;
             let full = batch.len() == batch_limit as usize;
             filter.after_seq = batch.last().map(|r| r.seq).or(filter.after_seq);
-            records.extend(batch);
-            if format == "json" || !full || records.len() >= EXPORT_LIMIT {
+            found.extend(batch);
+            if format == "json" || !full || found.len() >= EXPORT_LIMIT {
                 break;
             }
         }
@@ -105,6 +105,8 @@ pub async fn list_audit_events(
     let mut tx = state.store.tenant(tenant).await?;
     tx.audit(auth.event(action, "audit_events", format)).await?;
     tx.commit().await?;
+    // Exports too: a CSV is as much an answer as a page.
+    let mut records = auth.shown(found);
 
     Ok(match format {
         "csv" => (

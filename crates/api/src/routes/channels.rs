@@ -379,7 +379,7 @@ pub async fn list_channels(
 ) -> Result<Json<Page<Channel>>, ApiError> {
     let (limit, cursor) = page.parse()?;
     let mut tx = state.store.tenant_read(auth.tenant()?).await?;
-    Ok(Json(tx.list_channels(limit, cursor).await?))
+    Ok(Json(auth.shown(tx.list_channels(limit, cursor).await?)))
 }
 
 /// One channel with its credential status and webhook setup.

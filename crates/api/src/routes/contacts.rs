@@ -1,40 +1,63 @@
 use axum::{Json, extract::State, http::StatusCode};
 use serde::{Deserialize, Serialize};
 use waypost_core::{ContactId, Error, Page, PageRequest, PhoneNumber, Timestamp};
-use waypost_store::{ConsentEvent, ConsentSettings, Contact, MARKETING};
+use waypost_store::{ConsentEvent, ConsentSettings, Contact, ContactKey, MARKETING};
 
 use crate::{
     ApiError, AppState,
     auth::{Actor, Auth},
     problem::{ApiJson, ApiPath, ApiQuery, Problem},
-    redact::mask,
+    redact::Redact,
 };
-
-fn redact(mut c: Contact) -> Contact {
-    c.phone = c.phone.as_deref().map(mask);
-    c.wa_id = c.wa_id.as_deref().map(mask);
-    c.bsuid = c.bsuid.as_deref().map(mask);
-    c.name = c
-        .name
-        .map(|n| n.chars().take(1).collect::<String>() + "•••");
-    c.username = c.username.map(|_| "•••".into());
-    c
-}
 
 #[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ContactQuery {
-    /// A phone number in any international format, or part of a name.
+    /// A contact id, a phone number in any international format, or (for callers who see
+    /// personal data) part of a number or name. Analysts and masked operators may search only
+    /// by a contact id or a whole number; anything else is refused (422), so a search cannot
+    /// reveal a number or name piece by piece.
     pub search: Option<String>,
     pub limit: Option<u32>,
     pub cursor: Option<String>,
 }
 
+/// How a contact search reads.
+enum Search<'a> {
+    Everyone,
+    Exactly(ContactKey),
+    /// Part of a number or name.
+    Text(&'a str),
+}
+
+impl<'a> Search<'a> {
+    /// A contact id is exact for everyone; masked callers get exact numbers and nothing else.
+    fn parse(raw: Option<&'a str>, auth: &Auth) -> Result<Self, Error> {
+        let Some(raw) = raw.map(str::trim).filter(|s| !s.is_empty()) else {
+            return Ok(Search::Everyone);
+        };
+        if let Ok(id) = raw.parse::<ContactId>() {
+            return Ok(Search::Exactly(ContactKey::Id(id)));
+        }
+        if auth.unmasked {
+            return Ok(Search::Text(raw));
+        }
+        PhoneNumber::parse(raw)
+            .map(|phone| Search::Exactly(ContactKey::Phone(phone)))
+            .map_err(|_| {
+                Error::validation(
+                    "with personal data masked, search by a contact id or a whole phone number \
+                     in international form (e.g. +14155550100)",
+                )
+            })
+    }
+}
+
 /// The tenant's contacts; reading them is audited.
 #[utoipa::path(get, path = "/api/v1/contacts", tag = "contacts",
     params(ContactQuery),
-    responses((status = OK, body = Page<Contact>)))]
+    responses((status = OK, body = Page<Contact>), (status = UNPROCESSABLE_ENTITY, body = Problem, content_type = "application/problem+json")))]
 pub async fn list_contacts(
     State(state): State<AppState>,
     auth: Auth,
@@ -45,21 +68,24 @@ pub async fn list_contacts(
         cursor: query.cursor,
     }
     .parse()?;
+    let search = Search::parse(query.search.as_deref(), &auth)?;
     let tenant = auth.tenant()?;
-    let mut page = state
-        .store
-        .tenant_read(tenant)
-        .await?
-        .list_contacts(query.search.as_deref(), limit, cursor)
-        .await?;
+    let page = {
+        let mut tx = state.store.tenant_read(tenant).await?;
+        match search {
+            Search::Everyone => tx.list_contacts(None, limit, cursor).await?,
+            Search::Text(text) => tx.list_contacts(Some(text), limit, cursor).await?,
+            Search::Exactly(key) => Page {
+                data: tx.contacts_by_key(&key).await?,
+                next_cursor: None,
+            },
+        }
+    };
     let mut tx = state.store.tenant(tenant).await?;
     tx.audit(auth.event("contact.list", "contacts", page.data.len()))
         .await?;
     tx.commit().await?;
-    if !auth.unmasked {
-        page.data = page.data.into_iter().map(redact).collect();
-    }
-    Ok(Json(page))
+    Ok(Json(auth.shown(page)))
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -118,7 +144,7 @@ pub async fn create_contact(
     tx.audit(auth.event("contact.create", "contact", contact.id))
         .await?;
     tx.commit().await?;
-    Ok((StatusCode::CREATED, Json(contact)))
+    Ok((StatusCode::CREATED, Json(auth.shown(contact))))
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -127,6 +153,19 @@ pub struct ContactDetail {
     pub contact: Contact,
     /// Every opt-in and opt-out, oldest first.
     pub consent_history: Vec<ConsentEvent>,
+}
+
+impl Redact for ContactDetail {
+    fn redact(self) -> Self {
+        let ContactDetail {
+            contact,
+            consent_history,
+        } = self;
+        ContactDetail {
+            contact: contact.redact(),
+            consent_history: consent_history.redact(),
+        }
+    }
 }
 
 async fn detail(
@@ -143,15 +182,10 @@ async fn detail(
     let mut tx = state.store.tenant(tenant).await?;
     tx.audit(auth.event(action, "contact", id)).await?;
     tx.commit().await?;
-    let contact = if auth.unmasked {
-        contact
-    } else {
-        redact(contact)
-    };
-    Ok(ContactDetail {
+    Ok(auth.shown(ContactDetail {
         contact,
         consent_history: history,
-    })
+    }))
 }
 
 /// One contact with its consent history. Another tenant's contact answers 404.
@@ -217,7 +251,9 @@ pub async fn update_contact(
     Ok(Json(detail(&state, &auth, id, "contact.read").await?))
 }
 
-/// Erases a contact with its conversations, messages and consent history.
+/// Erases a contact with its conversations, messages and consent history, and every raw copy
+/// that quotes it: stored webhook bodies (blanked whole), channel events and early statuses.
+/// The audit record names the contact by id only.
 #[utoipa::path(delete, path = "/api/v1/contacts/{id}", tag = "contacts",
     params(("id" = ContactId, Path, description = "Contact id")),
     responses((status = NO_CONTENT), (status = NOT_FOUND, body = Problem, content_type = "application/problem+json")))]
@@ -227,7 +263,7 @@ pub async fn delete_contact(
     ApiPath(id): ApiPath<ContactId>,
 ) -> Result<StatusCode, ApiError> {
     let mut tx = state.store.tenant(auth.tenant()?).await?;
-    tx.delete_contact(id).await?;
+    waypost_inbound::erase_contact(&mut tx, id).await?;
     tx.audit(auth.event("contact.delete", "contact", id))
         .await?;
     tx.commit().await?;

@@ -6,23 +6,7 @@ use crate::{
     ApiError, AppState,
     auth::Auth,
     problem::{ApiPath, ApiQuery, Problem},
-    redact::mask,
 };
-
-fn redact_conversation(mut c: Conversation) -> Conversation {
-    c.contact_wa_id = c.contact_wa_id.as_deref().map(mask);
-    c.contact_bsuid = c.contact_bsuid.as_deref().map(mask);
-    c.contact_name = c
-        .contact_name
-        .map(|n| n.chars().take(1).collect::<String>() + "•••");
-    c
-}
-
-pub(crate) fn redact_message(mut m: StoredMessage) -> StoredMessage {
-    m.content = serde_json::json!({ "type": m.kind, "redacted": true });
-    m.referral = m.referral.map(|_| serde_json::json!({ "redacted": true }));
-    m
-}
 
 /// The tenant's conversations: one per contact and channel, with the 24-hour window.
 /// Reading them is audited; analysts and operators without an unmask see identifiers masked.
@@ -36,7 +20,7 @@ pub async fn list_conversations(
 ) -> Result<Json<Page<Conversation>>, ApiError> {
     let (limit, cursor) = page.parse()?;
     let tenant = auth.tenant()?;
-    let mut page = {
+    let page = {
         let mut tx = state.store.tenant_read(tenant).await?;
         tx.list_conversations(limit, cursor).await?
     };
@@ -44,10 +28,7 @@ pub async fn list_conversations(
     tx.audit(auth.event("conversation.list", "conversations", page.data.len()))
         .await?;
     tx.commit().await?;
-    if !auth.unmasked {
-        page.data = page.data.into_iter().map(redact_conversation).collect();
-    }
-    Ok(Json(page))
+    Ok(Json(auth.shown(page)))
 }
 
 /// A conversation's messages, oldest first. Another tenant's conversation answers 404.
@@ -62,7 +43,7 @@ pub async fn list_messages(
 ) -> Result<Json<Page<StoredMessage>>, ApiError> {
     let (limit, cursor) = page.parse()?;
     let tenant = auth.tenant()?;
-    let mut page = {
+    let page = {
         let mut tx = state.store.tenant_read(tenant).await?;
         tx.list_messages(id, limit, cursor).await?
     };
@@ -70,8 +51,5 @@ pub async fn list_messages(
     tx.audit(auth.event("message.read", "conversation", id))
         .await?;
     tx.commit().await?;
-    if !auth.unmasked {
-        page.data = page.data.into_iter().map(redact_message).collect();
-    }
-    Ok(Json(page))
+    Ok(Json(auth.shown(page)))
 }

@@ -26,7 +26,7 @@ use crate::{
     ApiError, AppState,
     auth::Auth,
     problem::{ApiPath, ApiQuery, Problem},
-    routes::{channels::provider_client, conversations::redact_message},
+    routes::channels::provider_client,
 };
 
 /// A message to send. The content fields are the Cloud API's: `type` plus the object of that
@@ -220,11 +220,7 @@ pub async fn get_message(
     let message = tx.get_message(id).await?;
     tx.audit(auth.event("message.read", "message", id)).await?;
     tx.commit().await?;
-    Ok(Json(if auth.unmasked {
-        message
-    } else {
-        redact_message(message)
-    }))
+    Ok(Json(auth.shown(message)))
 }
 
 /// Marks an inbound message read (the customer sees blue ticks). Runs as a job: 202.
@@ -239,14 +235,11 @@ pub async fn mark_read(
 ) -> Result<StatusCode, ApiError> {
     let mut tx = state.store.tenant(auth.tenant()?).await?;
     let message = tx.get_message(id).await?;
-    let provider_id = match (message.direction.as_str(), message.provider_message_id) {
-        ("inbound", Some(provider_id)) => provider_id,
-        _ => {
-            return Err(Error::validation("only inbound messages can be marked read").into());
-        }
-    };
+    if message.direction != "inbound" || message.provider_message_id.is_none() {
+        return Err(Error::validation("only inbound messages can be marked read").into());
+    }
     let (channel, _) = tx.message_route(id).await?;
-    tx.enqueue(mark_read_job(channel, provider_id)?).await?;
+    tx.enqueue(mark_read_job(channel, id)?).await?;
     tx.audit(auth.event("message.mark_read", "message", id))
         .await?;
     tx.commit().await?;

@@ -375,9 +375,11 @@ pub async fn bird_event(
         return Ok(rejected("bird", signature_reason(err)));
     }
     let now = waypost_core::Timestamp::now().as_millis() / 1000;
+    // Checked: the header is the sender's, and i64::MIN would overflow the distance.
     if timestamp
         .and_then(|t| t.parse::<i64>().ok())
-        .is_none_or(|t| (now - t).abs() > BIRD_TOLERANCE_SECS)
+        .and_then(|t| now.checked_sub(t)?.checked_abs())
+        .is_none_or(|distance| distance > BIRD_TOLERANCE_SECS)
     {
         return Ok(rejected("bird", "stale_timestamp"));
     }

@@ -382,3 +382,113 @@ async fn processed_raw_bodies_are_pruned_and_unprocessed_ones_kept() {
         tx.commit().await.unwrap();
     }
 }
+
+/// A Meta text message from `wa_id` with its `timestamp` given as `raw` JSON.
+fn text_dated(wa_id: &str, raw: &str) -> Vec<u8> {
+    let body = String::from_utf8(fixture("text"))
+        .unwrap()
+        .replace("16505551234", wa_id)
+        .replace("US.13491208655302741918", &format!("US.{wa_id}"))
+        .replace("\"1749416383\"", raw)
+        .replace("wamid.TEXT1", &format!("wamid.{wa_id}"));
+    assert!(body.contains(raw));
+    body.into_bytes()
+}
+
+/// Stores `body` as `provider`'s, processes it, and answers when it was received and when
+/// the conversation of `wa_id` closes its window.
+async fn window_after(
+    store: &Store,
+    tenant: TenantId,
+    channel: ChannelId,
+    provider: &str,
+    body: &[u8],
+    wa_id: &str,
+) -> (i64, i64) {
+    let mut tx = store.tenant(tenant).await.unwrap();
+    let id = tx.store_webhook(channel, provider, body).await.unwrap();
+    let processed = process(&mut tx, id).await.unwrap();
+    assert_eq!(processed.messages, 1, "{provider} {wa_id}");
+    let received = tx.inbox_entry(id).await.unwrap().received_at.as_millis();
+    let conversation = tx
+        .list_conversations(200, None)
+        .await
+        .unwrap()
+        .data
+        .into_iter()
+        .find(|c| c.contact_wa_id.as_deref() == Some(wa_id))
+        .unwrap();
+    let messages = tx.list_messages(conversation.id, 10, None).await.unwrap();
+    let sent_at = messages.data[0].sent_at.map(|t| t.as_millis());
+    assert!(
+        sent_at.is_none_or(|s| s <= received),
+        "a message cannot be sent after it was received"
+    );
+    tx.commit().await.unwrap();
+    (
+        received,
+        conversation.window_expires_at.unwrap().as_millis(),
+    )
+}
+
+#[tokio::test]
+async fn the_service_window_trusts_no_provider_clock_beyond_receipt() {
+    const DAY_MS: i64 = 24 * 3600 * 1000;
+    for db in test_databases().await {
+        let store = db.store().await;
+        let (tenant, meta) = channel(&store).await;
+        let (received, closes) = window_after(
+            &store,
+            tenant,
+            meta,
+            "meta",
+            &text_dated("14155550101", "\"9223372036854775807\""),
+            "14155550101",
+        )
+        .await;
+        assert_eq!(closes, received + DAY_MS, "i64::MAX: {:?}", db.flavor);
+
+        let (received, closes) = window_after(
+            &store,
+            tenant,
+            meta,
+            "meta",
+            &text_dated("14155550102", "\"4102444800\""),
+            "14155550102",
+        )
+        .await;
+        assert_eq!(closes, received + DAY_MS, "2100, by Meta's body");
+
+        // A message that took an hour to reach us: its window runs from when it was sent.
+        let hour_ago_secs = waypost_core::Timestamp::now().as_millis() / 1000 - 3600;
+        let (received, closes) = window_after(
+            &store,
+            tenant,
+            meta,
+            "meta",
+            &text_dated("14155550103", &format!("\"{hour_ago_secs}\"")),
+            "14155550103",
+        )
+        .await;
+        assert_eq!(closes, hour_ago_secs * 1000 + DAY_MS);
+        assert!(closes < received + DAY_MS - 3_000_000);
+
+        // Gupshup signs nothing: a body dated 2100 (milliseconds there) is no better.
+        let tx = store.platform().await.unwrap();
+        let (tx, gupshup) = tx
+            .create_channel(
+                tenant,
+                NewChannel {
+                    provider: "gupshup".into(),
+                    ..meta_channel("gupshup-number")
+                },
+            )
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+        let body = br#"{"app":"DemoApp","timestamp":4102444800000,"version":2,"type":"message","payload":{"id":"gs-2100","source":"918898000214","type":"text","payload":{"text":"Hi"},"sender":{"phone":"918898000214","name":"Andy"}}}"#;
+        let (received, closes) =
+            window_after(&store, tenant, gupshup.id, "gupshup", body, "918898000214").await;
+        assert_eq!(closes, received + DAY_MS, "2100, by Gupshup's body");
+    }
+}

@@ -253,6 +253,42 @@ fn users_without_a_phone_number_are_kept() {
     );
 }
 
+/// The text fixture with its `timestamp` replaced by `raw` (a JSON value).
+fn text_sent_at(raw: &str) -> Option<i64> {
+    let body = String::from_utf8(fixture("text"))
+        .unwrap()
+        .replace("\"1749416383\"", raw);
+    assert!(body.contains(raw));
+    let events = meta::parse(body.as_bytes()).unwrap();
+    match &events[0] {
+        InboundEvent::Message(m) => m.sent_at_ms,
+        other => panic!("not a message: {other:?}"),
+    }
+}
+
+#[test]
+fn timestamps_outside_1970_to_9999_are_dropped_not_saturated() {
+    assert_eq!(text_sent_at("\"1749416383\""), Some(1_749_416_383_000));
+    assert_eq!(text_sent_at("1749416383123"), Some(1_749_416_383_123));
+    // 2100 is implausible but representable: the processing clamps it to the receipt.
+    assert_eq!(text_sent_at("4102444800"), Some(4_102_444_800_000));
+    for raw in [
+        "\"9223372036854775807\"",
+        "9223372036854775807",
+        "18446744073709551615",
+        "1e300",
+        "\"-1\"",
+        "253402300800000",
+    ] {
+        assert_eq!(text_sent_at(raw), None, "{raw}");
+    }
+    let gupshup = br#"{"app":"A","timestamp":9223372036854775807,"version":2,"type":"message","payload":{"id":"g1","source":"918898000214","type":"text","payload":{"text":"Hi"},"sender":{"phone":"918898000214"}}}"#;
+    let InboundEvent::Message(m) = &gupshup::parse(gupshup).unwrap()[0] else {
+        panic!()
+    };
+    assert_eq!(m.sent_at_ms, None);
+}
+
 #[test]
 fn statuses_carry_pricing_errors_and_our_callback_data() {
     let events = meta::parse(&fixture("status_delivered")).unwrap();

@@ -488,6 +488,12 @@ async fn bsp_webhooks_are_authenticated_and_processed() {
             403,
             "replayed"
         );
+        let far = i64::MIN.to_string();
+        assert_eq!(
+            post(far.clone(), signed(&far)).await.unwrap().status(),
+            403,
+            "a timestamp whose distance from now overflows"
+        );
         assert_eq!(post(now.clone(), signed(&now)).await.unwrap().status(), 200);
 
         let deadline = tokio::time::Instant::now() + Duration::from_secs(20);

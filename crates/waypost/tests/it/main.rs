@@ -10,6 +10,7 @@ mod identity;
 mod inbound;
 mod outbound;
 mod platform;
+mod privacy;
 mod process;
 mod security;
 mod serve;
