@@ -27,7 +27,7 @@ pub use inbound::{
     Channel, ChannelRoute, ContactIdentity, Conversation, InboxEntry, IncomingWebhook, NewChannel,
     NewInboundMessage, SERVICE_WINDOW_MS, StatusChange, StatusOutcome, StoredMessage,
 };
-pub use jobs::{ClaimedJob, Enqueued, JobRecord, JobState, KindStats, NewJob};
+pub use jobs::{ClaimedJob, Enqueued, JobKinds, JobRecord, JobState, KindStats, NewJob};
 pub use outbound::{
     IDEMPOTENCY_WINDOW_MS, LANE_BULK, LANE_TRANSACTIONAL, NewOutboundMessage, OutboxItem,
     SendOutcome,
