@@ -9,7 +9,7 @@ use sqlx::{
 use waypost_core::{Error, ErrorCode, Result, TenantId};
 
 use crate::{
-    APP_ROLE,
+    APP_ROLE, private_files,
     tx::{Conn, Platform, Tenant, Tx},
 };
 
@@ -272,14 +272,9 @@ impl Store {
     async fn connect_sqlite(path: &std::path::Path, options: &StoreOptions) -> Result<Store> {
         let url = DatabaseUrl::Sqlite(path.to_path_buf());
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            std::fs::create_dir_all(parent).map_err(|e| {
-                Error::with_source(
-                    ErrorCode::InvalidConfig,
-                    format!("cannot create data directory {}", parent.display()),
-                    e,
-                )
-            })?;
+            private_files::create_dir(parent)?;
         }
+        private_files::prepare_database(path)?;
         let sync = match options.sqlite_synchronous {
             SqliteSync::Full => SqliteSynchronous::Full,
             SqliteSync::Normal => SqliteSynchronous::Normal,
@@ -304,6 +299,9 @@ impl Store {
                 .await
                 .map_err(|e| migrate_error(&url, e))?;
         }
+        // WAL mode has created -wal and -shm by now; SQLite gives them the database file's
+        // mode, but ones left over from an older release keep theirs.
+        private_files::tighten_database(path)?;
         let read = SqlitePoolOptions::new()
             .max_connections(options.max_connections.max(1))
             .acquire_timeout(options.acquire_timeout)

@@ -10,6 +10,7 @@ mod contacts;
 mod inbound;
 mod jobs;
 mod outbound;
+mod private_files;
 mod probes;
 mod schedules;
 mod secrets;
@@ -32,6 +33,7 @@ pub use outbound::{
     IDEMPOTENCY_WINDOW_MS, LANE_BULK, LANE_TRANSACTIONAL, NewOutboundMessage, OutboxItem,
     SendOutcome,
 };
+pub use private_files::{private_dir, private_file};
 pub use probes::{PROBE_JOB_KIND, ProbeStatus};
 pub use secrets::{SecretStatus, StoredKey, StoredSecret};
 pub use settings::{AiSettingsRecord, TenantSettings};

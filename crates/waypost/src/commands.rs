@@ -144,12 +144,23 @@ fn init_logging(config: &Config, serving: bool) {
 }
 
 pub async fn open_store(config: &Config) -> Result<Store> {
+    private_data_dir(config)?;
     Store::connect(&config.database_url()?, &config.store_options()?).await
+}
+
+/// The embedded default keeps the database and the master key in `data_dir`: only the owner
+/// may enter it (0700, tightened if an older release made it 0755).
+fn private_data_dir(config: &Config) -> Result<()> {
+    if config.database.url.trim().is_empty() {
+        waypost_store::private_dir(&config.data_dir)?;
+    }
+    Ok(())
 }
 
 /// Loads the master key, creating the embedded default's key file on first use. Called
 /// before the database is opened, so a missing key fails fast.
 pub fn master_key(config: &Config) -> Result<MasterKey> {
+    private_data_dir(config)?;
     let (master, created) = config.master_key()?;
     if let Some(path) = created {
         println!(

@@ -70,6 +70,55 @@ async fn first_run_prints_a_working_owner_key_once_and_sigterm_stops_cleanly() {
     }
 }
 
+#[cfg(unix)]
+fn mode(path: &std::path::Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .permissions()
+        .mode()
+        & 0o777
+}
+
+/// The embedded database holds every tenant's data: owner-only files in an owner-only folder,
+/// on the first run and after an older release left them readable to all.
+#[cfg(unix)]
+#[test]
+fn the_embedded_database_is_private_to_its_owner() {
+    use std::os::unix::fs::PermissionsExt;
+    let scratch = Scratch::new();
+    let data = scratch.0.join("waypost-data");
+    let files = [
+        "waypost.db",
+        "waypost.db-wal",
+        "waypost.db-shm",
+        "master.key",
+    ];
+    let check = |when: &str| {
+        assert_eq!(mode(&data), 0o700, "{when}: the data folder");
+        for file in files {
+            assert_eq!(mode(&data.join(file)), 0o600, "{when}: {file}");
+        }
+    };
+    let server = Server::start(&scratch.0, &["--listen", "127.0.0.1:0"], &[]);
+    check("first run");
+    let (status, _) = server.terminate();
+    assert!(status.success());
+
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o755)).unwrap();
+    for file in files {
+        let path = data.join(file);
+        // A clean shutdown may remove -wal and -shm; an older release's would be 0644.
+        if !path.exists() {
+            std::fs::write(&path, b"").unwrap();
+        }
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
+    let server = Server::start(&scratch.0, &["serve", "--listen", "127.0.0.1:0"], &[]);
+    check("an older release's files");
+    drop(server);
+}
+
 fn worker_env() -> Vec<(&'static str, &'static str)> {
     vec![
         ("WAYPOST_JOBS__POLL_INTERVAL_MS", "20"),
