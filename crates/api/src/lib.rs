@@ -26,7 +26,7 @@ use waypost_store::Store;
 use waypost_vault::Vault;
 
 pub use auth::{ApiKeySecret, Auth, CSRF_HEADER, SESSION_COOKIE, random_bytes};
-pub use metrics::install_recorder;
+pub use metrics::{QueueGauges, install_recorder};
 pub use problem::ApiError;
 pub use routes::channels::secret_purpose as channel_secret_purpose;
 
@@ -95,6 +95,10 @@ pub struct AppState {
     inbox: inbox::InboxWriter,
     channel_secrets: inbox::ChannelSecrets,
     pub metrics: ::metrics_exporter_prometheus::PrometheusHandle,
+    /// When set, `/metrics` answers only `Authorization: Bearer <token>`.
+    pub metrics_token: Option<Arc<str>>,
+    /// Queue gauges for `/metrics`, refreshed by [`QueueGauges::run`].
+    pub queue_gauges: QueueGauges,
     /// Pokes this process's job worker when a request enqueues work.
     pub worker_wake: Option<Arc<Notify>>,
     /// Pokes this process's dispatcher when a request queues a message.
@@ -117,6 +121,8 @@ impl AppState {
                 .build()
                 .unwrap_or_default(),
             metrics: install_recorder(),
+            metrics_token: None,
+            queue_gauges: QueueGauges::default(),
             worker_wake: None,
             dispatch_wake: None,
             openapi: Arc::new(openapi()),

@@ -101,6 +101,25 @@ impl TestDb {
         }
     }
 
+    /// Runs `sql` in a superuser transaction on PostgreSQL and keeps that transaction open
+    /// (holding whatever locks it took) until the returned value is dropped.
+    pub async fn hold_as_superuser(&self, sql: &str) -> HeldTransaction {
+        assert!(
+            self.flavor != Flavor::Sqlite,
+            "hold_as_superuser is for PostgreSQL"
+        );
+        let mut conn = admin_connection(&self.superuser_url()).await;
+        for statement in ["BEGIN", sql] {
+            if let Err(err) = conn
+                .execute(sqlx::AssertSqlSafe(statement.to_string()))
+                .await
+            {
+                panic!("{statement}: {err}");
+            }
+        }
+        HeldTransaction { _conn: conn }
+    }
+
     /// Every byte the database holds, as text: the SQLite files, or every row of every table
     /// on PostgreSQL. For scans that prove something is stored nowhere in plain text.
     pub async fn dump(&self) -> Vec<u8> {
@@ -222,6 +241,11 @@ impl Drop for TestDb {
             }
         }
     }
+}
+
+/// An open transaction; dropping it closes the connection, which rolls it back.
+pub struct HeldTransaction {
+    _conn: PgConnection,
 }
 
 /// A Meta channel for tests, its Graph API pointed at a port nothing listens on.

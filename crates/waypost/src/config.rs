@@ -26,7 +26,27 @@ pub struct Config {
     pub audit: AuditConfig,
     pub meta: MetaConfig,
     pub gupshup: GupshupConfig,
+    pub metrics: MetricsConfig,
     pub demo: DemoConfig,
+}
+
+/// `/metrics`: who may scrape it, and how fresh its job-queue gauges are.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// When set, a scrape must send `Authorization: Bearer <token>`. Empty: open.
+    pub token: String,
+    /// How often each process serving HTTP reads the queue gauges; scrapes only render them.
+    pub refresh_secs: u64,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self {
+            token: String::new(),
+            refresh_secs: 5,
+        }
+    }
 }
 
 /// The built-in demo: with the embedded database, the first run connects a simulated WhatsApp
@@ -220,6 +240,7 @@ impl Default for Config {
             audit: AuditConfig::default(),
             meta: MetaConfig::default(),
             gupshup: GupshupConfig::default(),
+            metrics: MetricsConfig::default(),
             demo: DemoConfig::default(),
         }
     }
@@ -376,9 +397,10 @@ impl Config {
         if self.jobs.lease_secs < 3
             || self.jobs.prune_every_secs == 0
             || self.scheduler.tick_ms == 0
+            || self.metrics.refresh_secs == 0
         {
             return Err(invalid(
-                "jobs.lease_secs must be at least 3; jobs.prune_every_secs and scheduler.tick_ms at least 1",
+                "jobs.lease_secs must be at least 3; jobs.prune_every_secs, scheduler.tick_ms and metrics.refresh_secs at least 1",
             ));
         }
         Ok(())
@@ -510,7 +532,11 @@ impl Config {
         {
             masked.database.url = url.to_string();
         }
-        for secret in [&mut masked.meta.app_secret, &mut masked.meta.verify_token] {
+        for secret in [
+            &mut masked.meta.app_secret,
+            &mut masked.meta.verify_token,
+            &mut masked.metrics.token,
+        ] {
             if !secret.is_empty() {
                 *secret = "***".into();
             }

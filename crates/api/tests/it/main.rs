@@ -45,6 +45,11 @@ async fn start_with(db: TestDb, config: AuthConfig) -> Server {
             .await
             .unwrap();
     let state = AppState::new(store.clone(), std::sync::Arc::new(vault), config);
+    tokio::spawn(state.queue_gauges.clone().run(
+        store.clone(),
+        Duration::from_millis(100),
+        shutdown.clone(),
+    ));
     tokio::spawn(waypost_api::serve(listener, state, shutdown.clone()));
     Server {
         base,
@@ -580,9 +585,17 @@ async fn operations_endpoints_report_health_readiness_and_metrics() {
             .await
             .unwrap();
         tx.commit().await.unwrap();
-        let (status, text) = server.call(Method::GET, "/metrics", None, None).await;
-        assert_eq!(status, StatusCode::OK);
-        let text = text.as_str().unwrap();
+        // The queue gauges are read in the background, every 100 ms here.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        let text = loop {
+            let (status, text) = server.call(Method::GET, "/metrics", None, None).await;
+            assert_eq!(status, StatusCode::OK);
+            let text = text.as_str().unwrap().to_string();
+            if text.contains("metrics.test") || tokio::time::Instant::now() > deadline {
+                break text;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
         assert!(
             text.contains(
                 "waypost_http_requests_total{method=\"GET\",route=\"/readyz\",status=\"200\"}"
