@@ -40,7 +40,9 @@ pub use settings::{AiSettingsRecord, TenantSettings};
 pub use templates::{Template, TemplateChange, TemplateUpsert};
 pub use tenants::Tenant;
 pub use tx::{Platform, Scope, Tenant as TenantScope, Tx};
-pub use users::{Membership, NewSession, SessionRecord, User, UserWithPassword, normalize_email};
+pub use users::{
+    FailureWindow, Membership, NewSession, SessionRecord, User, UserWithPassword, normalize_email,
+};
 
 /// The PostgreSQL role the application works as; see migrations/postgres/0001_foundation.sql.
 pub const APP_ROLE: &str = "waypost_app";

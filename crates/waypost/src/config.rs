@@ -79,27 +79,26 @@ pub struct MetaConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct GupshupConfig {
     /// Addresses or networks (`203.0.113.7`, `203.0.113.0/24`) webhooks may come from,
-    /// compared with the connecting address. Empty: any.
+    /// compared with the client address (see `http.trusted_proxies`). Empty: any.
     pub allowed_ips: Vec<String>,
 }
 
-impl GupshupConfig {
-    fn allowed_networks(&self) -> Result<Vec<ipnet::IpNet>> {
-        self.allowed_ips
-            .iter()
-            .map(|entry| {
-                let entry = entry.trim();
-                entry
-                    .parse::<ipnet::IpNet>()
-                    .or_else(|_| entry.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
-                    .map_err(|_| {
-                        invalid(format!(
-                            "gupshup.allowed_ips: {entry:?} is neither an IP address nor a network like 203.0.113.0/24"
-                        ))
-                    })
-            })
-            .collect()
-    }
+/// Addresses or networks (`203.0.113.7`, `10.1.0.0/16`) from a list setting named `key`.
+fn networks(key: &str, entries: &[String]) -> Result<Vec<ipnet::IpNet>> {
+    entries
+        .iter()
+        .map(|entry| {
+            let entry = entry.trim();
+            entry
+                .parse::<ipnet::IpNet>()
+                .or_else(|_| entry.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                .map_err(|_| {
+                    invalid(format!(
+                        "{key}: {entry:?} is neither an IP address nor a network like 203.0.113.0/24"
+                    ))
+                })
+        })
+        .collect()
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -116,6 +115,7 @@ pub struct AuthSection {
     pub session_absolute_hours: u64,
     pub max_failures_per_ip_per_hour: u32,
     pub max_failures_per_account_per_hour: u32,
+    pub failures_before_delay: u32,
     pub secure_cookies: bool,
 }
 
@@ -133,7 +133,8 @@ impl Default for AuthSection {
             session_idle_minutes: 30,
             session_absolute_hours: 12,
             max_failures_per_ip_per_hour: 100,
-            max_failures_per_account_per_hour: 20,
+            max_failures_per_account_per_hour: 100,
+            failures_before_delay: 5,
             secure_cookies: true,
         }
     }
@@ -168,6 +169,8 @@ pub struct HttpConfig {
     /// The externally visible base URL (shown as webhook callback URLs). Empty: http://listen.
     pub public_base_url: String,
     pub shutdown_grace_secs: u64,
+    /// Reverse proxies (addresses or networks) whose `X-Forwarded-For` names the client.
+    pub trusted_proxies: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -264,6 +267,7 @@ impl Default for HttpConfig {
             listen: "127.0.0.1:8080".into(),
             public_base_url: String::new(),
             shutdown_grace_secs: 10,
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -347,9 +351,10 @@ impl Config {
                 .prefix_separator("_")
                 .separator("__")
                 .try_parsing(true)
-                // Only this key is a list: WAYPOST_GUPSHUP__ALLOWED_IPS="a, b/24".
+                // Only these keys are lists: WAYPOST_GUPSHUP__ALLOWED_IPS="a, b/24".
                 .list_separator(",")
                 .with_list_parse_key("gupshup.allowed_ips")
+                .with_list_parse_key("http.trusted_proxies")
                 .source(Some(env)),
         );
         let where_ = file.map_or_else(
@@ -371,9 +376,10 @@ impl Config {
     /// Checks values that parse but make no sense.
     pub fn validate(&self) -> Result<()> {
         self.listen_addr()?;
+        self.trusted_proxies()?;
         self.database_url()?;
         self.sqlite_sync()?;
-        self.gupshup.allowed_networks()?;
+        networks("gupshup.allowed_ips", &self.gupshup.allowed_ips)?;
         if !matches!(self.log.format.as_str(), "text" | "json") {
             return Err(invalid(format!(
                 "log.format must be text or json, not {:?}",
@@ -413,6 +419,10 @@ impl Config {
                 self.http.listen
             ))
         })
+    }
+
+    pub fn trusted_proxies(&self) -> Result<Vec<ipnet::IpNet>> {
+        networks("http.trusted_proxies", &self.http.trusted_proxies)
     }
 
     pub fn database_url(&self) -> Result<DatabaseUrl> {
@@ -476,6 +486,7 @@ impl Config {
             ),
             max_failures_per_ip: i64::from(self.auth.max_failures_per_ip_per_hour),
             max_failures_per_account: i64::from(self.auth.max_failures_per_account_per_hour),
+            failures_before_delay: i64::from(self.auth.failures_before_delay),
             secure_cookies: self.auth.secure_cookies,
         }
     }
@@ -520,7 +531,7 @@ impl Config {
             public_base_url: self.public_base_url(bound),
             meta_app_secret: non_empty(&self.meta.app_secret),
             meta_verify_token: non_empty(&self.meta.verify_token),
-            gupshup_allowed_ips: self.gupshup.allowed_networks()?,
+            gupshup_allowed_ips: networks("gupshup.allowed_ips", &self.gupshup.allowed_ips)?,
         })
     }
 
@@ -624,7 +635,7 @@ mod tests {
     }
 
     #[test]
-    fn gupshup_allowed_ips_come_as_a_list_from_the_environment_and_are_checked() {
+    fn address_lists_come_from_the_environment_and_are_checked() {
         let config = Config::load_from(
             None,
             env(&[
@@ -632,11 +643,20 @@ mod tests {
                     "WAYPOST_GUPSHUP__ALLOWED_IPS",
                     "203.0.113.7, 198.51.100.0/24",
                 ),
+                ("WAYPOST_HTTP__TRUSTED_PROXIES", "10.0.0.1, 10.1.0.0/16"),
                 // Other values with commas stay strings.
                 ("WAYPOST_HTTP__PUBLIC_BASE_URL", "https://a.example/x,y"),
             ]),
         )
         .unwrap();
+        let proxies = config.trusted_proxies().unwrap();
+        assert_eq!(
+            proxies,
+            [
+                "10.0.0.1/32".parse::<ipnet::IpNet>().unwrap(),
+                "10.1.0.0/16".parse().unwrap()
+            ]
+        );
         let listed: Vec<_> = config
             .gupshup
             .allowed_ips
@@ -648,14 +668,14 @@ mod tests {
         config.validate().unwrap();
         let bound = "127.0.0.1:8080".parse().unwrap();
         let webhooks = config.webhooks(bound).unwrap();
-        assert!(webhooks.gupshup_source_allowed("198.51.100.9".parse().unwrap()));
-        assert!(webhooks.gupshup_source_allowed("::ffff:203.0.113.7".parse().unwrap()));
-        assert!(!webhooks.gupshup_source_allowed("203.0.113.8".parse().unwrap()));
+        assert!(webhooks.gupshup_source_allowed(Some("198.51.100.9".parse().unwrap())));
+        assert!(webhooks.gupshup_source_allowed(Some("::ffff:203.0.113.7".parse().unwrap())));
+        assert!(!webhooks.gupshup_source_allowed(Some("203.0.113.8".parse().unwrap())));
         assert!(
             Config::default()
                 .webhooks(bound)
                 .unwrap()
-                .gupshup_source_allowed("192.0.2.1".parse().unwrap()),
+                .gupshup_source_allowed(Some("192.0.2.1".parse().unwrap())),
             "no list: any address"
         );
 
@@ -665,6 +685,10 @@ mod tests {
         assert_eq!(err.code(), ErrorCode::InvalidConfig);
         assert!(err.to_string().contains("gupshup.allowed_ips"), "{err}");
         assert!(err.to_string().contains("300.1.1.1"), "{err}");
+        let mut config = Config::default();
+        config.http.trusted_proxies = vec!["proxy.internal".into()];
+        let err = config.validate().unwrap_err();
+        assert!(err.to_string().contains("http.trusted_proxies"), "{err}");
     }
 
     #[test]

@@ -120,6 +120,7 @@ pub async fn run(config: Config) -> Result<()> {
             .map_err(|e| Error::internal("reading the bound address", e))?;
         let mut state = AppState::new(store.clone(), vault.clone(), config.auth());
         state.webhooks = Arc::new(config.webhooks(addr)?);
+        state.trusted_proxies = config.trusted_proxies()?.into();
         state.metrics_token = Some(config.metrics.token.trim())
             .filter(|t| !t.is_empty())
             .map(Arc::from);

@@ -258,24 +258,26 @@ async fn users_memberships_sessions_and_failures() {
         for _ in 0..3 {
             tx.record_auth_failure("ip:203.0.113.9", now).await.unwrap();
         }
-        assert_eq!(
-            tx.count_auth_failures(
+        tx.lock_auth_subject("ip:203.0.113.9").await.unwrap();
+        let window = tx
+            .auth_failures_since(
                 "ip:203.0.113.9",
-                now.minus(std::time::Duration::from_secs(60))
+                now.minus(std::time::Duration::from_secs(60)),
             )
             .await
-            .unwrap(),
-            3
-        );
+            .unwrap();
         assert_eq!(
-            tx.count_auth_failures(
+            (window.count, window.oldest, window.latest),
+            (3, Some(now), Some(now))
+        );
+        let later = tx
+            .auth_failures_since(
                 "ip:203.0.113.9",
-                now.plus(std::time::Duration::from_secs(1))
+                now.plus(std::time::Duration::from_secs(1)),
             )
             .await
-            .unwrap(),
-            0
-        );
+            .unwrap();
+        assert_eq!((later.count, later.latest), (0, None));
         tx.commit().await.unwrap();
     }
 }
