@@ -7,6 +7,7 @@ mod auth;
 pub mod authz;
 mod client;
 mod inbox;
+mod limits;
 mod metrics;
 mod problem;
 mod redact;

@@ -18,6 +18,7 @@ use crate::{
     ApiError, AppState,
     auth::{Auth, RequestMeta, SESSION_COOKIE, random_bytes, session_token_hash},
     client::ClientAddr,
+    limits::at_most,
     problem::{ApiJson, ApiPath, Problem},
     throttle::{self, Admission, Subjects},
 };
@@ -25,7 +26,9 @@ use crate::{
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Login {
+    /// At most 254 characters.
     pub email: String,
+    /// At most 1024 characters.
     pub password: String,
     /// The tenant to open; default: the first one the user belongs to.
     pub tenant_id: Option<TenantId>,
@@ -115,9 +118,8 @@ pub async fn login(
     ApiJson(body): ApiJson<Login>,
 ) -> Result<Response, ApiError> {
     let now = Timestamp::now();
-    if body.email.len() > 254 || body.password.len() > 1024 {
-        return Err(Error::new(ErrorCode::Unauthorized, "wrong email or password").into());
-    }
+    at_most("email", &body.email, EMAIL_MAX)?;
+    at_most("password", &body.password, PASSWORD_MAX)?;
     let email = body.email.trim().to_lowercase();
     let subjects = Subjects::new(&email, client.map(|Extension(ClientAddr(ip))| ip));
 
@@ -227,6 +229,11 @@ pub async fn login(
     Ok(response)
 }
 
+/// The longest email address SMTP allows.
+const EMAIL_MAX: usize = 254;
+/// Beyond any passphrase; keeps a guess from costing more than the check of a real one.
+const PASSWORD_MAX: usize = 1024;
+
 fn signed_in(auth: &Auth) -> Result<(Vec<u8>, UserId), ApiError> {
     auth.session
         .as_ref()
@@ -326,6 +333,7 @@ pub async fn switch_tenant(
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ChangePassword {
+    /// At most 1024 characters.
     pub current_password: String,
     /// 12 to 256 characters.
     pub new_password: String,
@@ -341,6 +349,7 @@ pub async fn change_password(
     ApiJson(body): ApiJson<ChangePassword>,
 ) -> Result<StatusCode, ApiError> {
     let (id, user) = signed_in(&auth)?;
+    at_most("current_password", &body.current_password, PASSWORD_MAX)?;
     let current = {
         let mut tx = state.store.platform_read().await?;
         tx.get_user(user).await?.password_hash

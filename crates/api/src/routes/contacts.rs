@@ -6,6 +6,7 @@ use waypost_store::{ConsentEvent, ConsentSettings, Contact, MARKETING};
 use crate::{
     ApiError, AppState,
     auth::{Actor, Auth},
+    limits::{FILTER_MAX, NAME_MAX, NOTE_MAX, at_most, at_most_opt},
     problem::{ApiJson, ApiPath, ApiQuery, Problem},
     redact::mask,
 };
@@ -25,7 +26,7 @@ fn redact(mut c: Contact) -> Contact {
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ContactQuery {
-    /// A phone number in any international format, or part of a name.
+    /// A phone number in any international format, or part of a name; at most 200 characters.
     pub search: Option<String>,
     pub limit: Option<u32>,
     pub cursor: Option<String>,
@@ -40,6 +41,7 @@ pub async fn list_contacts(
     auth: Auth,
     ApiQuery(query): ApiQuery<ContactQuery>,
 ) -> Result<Json<Page<Contact>>, ApiError> {
+    at_most_opt("search", query.search.as_deref(), FILTER_MAX)?;
     let (limit, cursor) = PageRequest {
         limit: query.limit,
         cursor: query.cursor,
@@ -65,8 +67,9 @@ pub async fn list_contacts(
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateContact {
-    /// International form, e.g. `+14155550100`; normalized to E.164.
+    /// International form, e.g. `+14155550100`, at most 64 characters; normalized to E.164.
     pub phone: String,
+    /// At most 200 characters.
     pub name: Option<String>,
     /// Record a marketing opt-in now (source `api`).
     #[serde(default)]
@@ -74,14 +77,13 @@ pub struct CreateContact {
 }
 
 fn valid_name(name: Option<&str>) -> Result<Option<String>, Error> {
-    match name.map(str::trim) {
-        Some(n) if n.chars().count() > 200 => {
-            Err(Error::validation("name must be at most 200 characters"))
-        }
-        Some("") | None => Ok(None),
-        Some(n) => Ok(Some(n.to_string())),
-    }
+    let name = name.map(str::trim);
+    at_most_opt("name", name, NAME_MAX)?;
+    Ok(name.filter(|n| !n.is_empty()).map(str::to_string))
 }
+
+/// Longer than any way of writing a phone number.
+const PHONE_MAX: usize = 64;
 
 fn consent_source(auth: &Auth) -> &'static str {
     match auth.actor {
@@ -99,6 +101,7 @@ pub async fn create_contact(
     auth: Auth,
     ApiJson(body): ApiJson<CreateContact>,
 ) -> Result<(StatusCode, Json<Contact>), ApiError> {
+    at_most("phone", &body.phone, PHONE_MAX)?;
     let phone = PhoneNumber::parse(&body.phone)?;
     let name = valid_name(body.name.as_deref())?;
     let mut tx = state.store.tenant(auth.tenant()?).await?;
@@ -169,10 +172,11 @@ pub async fn get_contact(
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateContact {
+    /// At most 200 characters; empty clears the name.
     pub name: Option<String>,
     /// `opt_in` or `opt_out` of marketing, recorded in the history.
     pub marketing_consent: Option<String>,
-    /// Why (kept with the consent event).
+    /// Why (kept with the consent event); at most 500 characters.
     pub note: Option<String>,
 }
 
@@ -195,6 +199,7 @@ pub async fn update_contact(
         }
     };
     let name = valid_name(body.name.as_deref())?;
+    at_most_opt("note", body.note.as_deref(), NOTE_MAX)?;
     let mut tx = state.store.tenant(auth.tenant()?).await?;
     tx.get_contact(id).await?;
     if body.name.is_some() {
@@ -261,7 +266,7 @@ pub async fn put_consent_settings(
 ) -> Result<Json<ConsentSettings>, ApiError> {
     let words = body.opt_out_keywords.iter().chain(&body.opt_in_keywords);
     if body.opt_out_keywords.is_empty()
-        || body.opt_out_keywords.len() + body.opt_in_keywords.len() > 100
+        || body.opt_out_keywords.len() + body.opt_in_keywords.len() > ConsentSettings::MAX_KEYWORDS
     {
         return Err(
             Error::validation("give 1 to 100 keywords, at least one opt-out keyword").into(),
@@ -269,10 +274,15 @@ pub async fn put_consent_settings(
     }
     if words
         .clone()
-        .any(|w| w.trim().is_empty() || w.chars().count() > 32)
+        .any(|w| w.trim().is_empty() || w.chars().count() > ConsentSettings::KEYWORD_MAX)
     {
         return Err(Error::validation("keywords must be 1 to 32 characters").into());
     }
+    at_most_opt(
+        "confirmation_reply",
+        body.confirmation_reply.as_deref(),
+        ConsentSettings::REPLY_MAX,
+    )?;
     let tenant = auth.tenant()?;
     let mut tx = state.store.tenant(tenant).await?;
     tx.put_consent_settings(&body).await?;

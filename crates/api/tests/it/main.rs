@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod identity;
+mod limits;
 
 use std::time::Duration;
 
