@@ -69,17 +69,22 @@ impl Vault {
         };
         vault.reload().await?;
         if vault.keys.read().await.is_empty() {
-            vault.add_key().await?;
+            // Another process may be opening the same new database: whichever key is stored
+            // first becomes everyone's.
+            let (wrapped, _) = vault.new_data_key()?;
+            let mut tx = vault.store.platform().await?;
+            tx.add_first_key(&wrapped).await?;
+            tx.commit().await?;
+            vault.reload().await?;
         }
         Ok(vault)
     }
 
-    async fn reload(&self) -> Result<i64> {
+    async fn reload(&self) -> Result<()> {
         let mut tx = self.store.platform_read().await?;
         let stored = tx.encryption_keys().await?;
         tx.rollback().await?;
         let mut keys = HashMap::new();
-        let mut active = 0;
         for key in stored.iter().filter(|k| k.state != "retired") {
             let plain =
                 envelope::open(&self.wrapping_key, DEK_AAD, &key.wrapped_key).map_err(|_| {
@@ -93,19 +98,22 @@ impl Vault {
                 Error::new(ErrorCode::Internal, "a stored data key has the wrong size")
             })?;
             keys.insert(key.id, Arc::new(Zeroizing::new(data)));
-            if key.state == "active" {
-                active = key.id;
-            }
         }
         *self.keys.write().await = keys;
-        Ok(active)
+        Ok(())
     }
 
-    async fn add_key(&self) -> Result<i64> {
+    /// A fresh data key: wrapped for storage, and in the clear.
+    fn new_data_key(&self) -> Result<(Vec<u8>, DataKey)> {
         let mut data = Zeroizing::new([0u8; 32]);
         getrandom::fill(data.as_mut())
             .map_err(|e| Error::internal("reading the OS random source", e.to_string()))?;
         let wrapped = envelope::seal(&self.wrapping_key, 0, DEK_AAD, data.as_ref())?;
+        Ok((wrapped, data))
+    }
+
+    async fn add_key(&self) -> Result<i64> {
+        let (wrapped, data) = self.new_data_key()?;
         let mut tx = self.store.platform().await?;
         let id = tx.add_active_key(&wrapped).await?;
         tx.commit().await?;
@@ -125,12 +133,6 @@ impl Vault {
                 format!("encryption key {id} is unknown or retired"),
             )
         })
-    }
-
-    /// The active key, read from the database so a rotation in another process is seen.
-    async fn active_key(&self) -> Result<(i64, Arc<DataKey>)> {
-        let id = self.reload().await?;
-        Ok((id, self.key(id).await?))
     }
 
     fn seal_with(
@@ -153,7 +155,10 @@ impl Vault {
         purpose: &str,
         plaintext: &str,
     ) -> Result<SecretId> {
-        let (key_id, key) = self.active_key().await?;
+        // Read in the caller's transaction (see `active_key_for_write`): a rotation running
+        // now either waits for this write or has already made its key the active one.
+        let key_id = tx.active_key_for_write().await?;
+        let key = self.key(key_id).await?;
         let sealed = self.seal_with(key_id, &key, tx.tenant(), purpose, plaintext)?;
         tx.put_secret(purpose, &sealed, key_id, &hint(plaintext))
             .await
