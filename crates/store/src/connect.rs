@@ -9,7 +9,9 @@ use sqlx::{
 use waypost_core::{Error, ErrorCode, Result, TenantId};
 
 use crate::{
-    APP_ROLE, private_files,
+    APP_ROLE,
+    audit_keys::AuditKeyring,
+    private_files,
     tx::{Conn, Platform, Tenant, Tx},
 };
 
@@ -198,6 +200,8 @@ pub struct Store {
     backend: Backend,
     /// Shared: every request clones the store, and a PostgreSQL URL is many strings.
     url: Arc<DatabaseUrl>,
+    /// The audit chain's MAC keys, shared by every clone (see [`Store::set_audit_keys`]).
+    pub(crate) audit_keys: Arc<AuditKeyring>,
 }
 
 /// What `/readyz` reports.
@@ -263,6 +267,7 @@ impl Store {
                 Store {
                     backend: Backend::Postgres { pool },
                     url: Arc::new(url.clone()),
+                    audit_keys: Arc::default(),
                 }
             }
         };
@@ -312,6 +317,7 @@ impl Store {
         Ok(Store {
             backend: Backend::Sqlite { write, read },
             url: Arc::new(url),
+            audit_keys: Arc::default(),
         })
     }
 
@@ -359,6 +365,7 @@ impl Store {
         Ok(Tx {
             conn,
             scope: Tenant(tenant),
+            audit_keys: self.audit_keys.clone(),
         })
     }
 
@@ -372,6 +379,7 @@ impl Store {
         Ok(Tx {
             conn,
             scope: Tenant(tenant),
+            audit_keys: self.audit_keys.clone(),
         })
     }
 
@@ -384,6 +392,7 @@ impl Store {
         Ok(Tx {
             conn,
             scope: Platform,
+            audit_keys: self.audit_keys.clone(),
         })
     }
 
@@ -396,6 +405,7 @@ impl Store {
         Ok(Tx {
             conn,
             scope: Platform,
+            audit_keys: self.audit_keys.clone(),
         })
     }
 

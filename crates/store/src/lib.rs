@@ -5,6 +5,7 @@
 
 mod api_keys;
 mod audit;
+mod audit_keys;
 mod connect;
 mod contacts;
 mod inbound;
@@ -22,6 +23,7 @@ mod users;
 
 pub use api_keys::{ApiKey, ApiKeyWithSecret, NewApiKey};
 pub use audit::{AuditEvent, AuditFilter, AuditRecord, ChainReport, broken_chain_error};
+pub use audit_keys::{AuditKeys, MacKey};
 pub use connect::{DatabaseUrl, Engine, Identity, Readiness, SqliteSync, Store, StoreOptions};
 pub use contacts::{ConsentEvent, ConsentSettings, Contact, MARKETING};
 pub use inbound::{

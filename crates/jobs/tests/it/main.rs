@@ -502,7 +502,7 @@ async fn a_killed_worker_process_loses_its_job_only_until_the_lease_expires() {
 #[tokio::test]
 async fn audit_retention_prunes_old_records_and_leaves_a_verifiable_chain() {
     for db in test_databases().await {
-        let store = db.store().await;
+        let store = db.audited_store().await;
         let mut tx = store.platform().await.unwrap();
         let (keep, prune) = (
             tx.create_tenant("keeps").await.unwrap().id,

@@ -15,7 +15,11 @@ fn run_with_stdin(dir: &std::path::Path, args: &[&str], input: &str) -> std::pro
     cmd.current_dir(dir)
         .args(args)
         .env_remove("DATABASE_URL")
-        .env("WAYPOST_MASTER_KEY", TEST_MASTER_KEY);
+        .env_remove("WAYPOST_MASTER_KEY");
+    // SQLite keeps its key file in the folder, as `process::run` does.
+    if args.iter().any(|a| a.starts_with("postgres")) {
+        cmd.env("WAYPOST_MASTER_KEY", TEST_MASTER_KEY);
+    }
     let mut child = cmd
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -477,6 +481,62 @@ async fn audit_verify_reports_the_first_broken_link() {
     }
 }
 
+/// Anyone with write access to the database can edit a record and recompute plain SHA-256
+/// links consistently, head included; with keyed links that is not enough. Verifying needs
+/// the master key.
+#[tokio::test]
+async fn audit_verify_needs_the_master_key_and_sees_through_a_rehashed_edit() {
+    for db in test_databases().await {
+        let scratch = Scratch::new();
+        let (dir, url) = (&scratch.0, db.url.as_str());
+        let tenant = run_json(
+            dir,
+            &[
+                "tenant",
+                "create",
+                "--name",
+                "Acme",
+                "--json",
+                "--database-url",
+                url,
+            ],
+        );
+        let id = tenant["id"].as_str().unwrap().to_string();
+        for email in ["a@example.com", "b@example.com", "c@example.com"] {
+            cli_user(dir, url, &id, email);
+        }
+        let verify = [
+            "audit",
+            "verify",
+            "--tenant",
+            &id,
+            "--json",
+            "--database-url",
+            url,
+        ];
+        assert_eq!(
+            run_json(dir, &verify)[0],
+            json!({"chain": id, "records": 3, "legacy_records": 0, "first_broken_seq": null})
+        );
+        let other_key = [(
+            "WAYPOST_MASTER_KEY",
+            "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=",
+        )];
+        assert_one_line_error(&run(dir, &verify, &other_key), "master key does not match");
+
+        db.execute_as_superuser("UPDATE audit_events SET reason = 'role owner' WHERE seq = 2")
+            .await;
+        db.relink_audit_as_sha256(id.parse().unwrap(), 2, false)
+            .await;
+        let out = run(
+            dir,
+            &["audit", "verify", "--tenant", &id, "--database-url", url],
+            &[],
+        );
+        assert_one_line_error(&out, &format!("audit chain {id} is broken at record 2"));
+    }
+}
+
 #[tokio::test]
 async fn keys_rotate_online_and_old_keys_retire() {
     for db in test_databases().await {
@@ -519,15 +579,24 @@ async fn keys_rotate_online_and_old_keys_retire() {
             put("sk-second-secret-value-002").await.unwrap().status(),
             200
         );
-        let out = run(
-            dir,
-            &["keys", "retire", &first.to_string(), "--database-url", url],
-            &[],
+        // The first key chained the audit records before the rotation: it stays to verify
+        // them until retention removes them.
+        assert_one_line_error(
+            &run(
+                dir,
+                &["keys", "retire", &first.to_string(), "--database-url", url],
+                &[],
+            ),
+            "audit record",
         );
+        let verified = run_json(dir, &["audit", "verify", "--json", "--database-url", url]);
         assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
+            verified
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|chain| chain["first_broken_seq"].is_null() && chain["legacy_records"] == 0),
+            "{verified}"
         );
         assert_one_line_error(
             &run(
@@ -578,7 +647,7 @@ fn the_master_key_file_is_made_once_for_sqlite_and_required_for_postgres() {
     let path = scratch.0.join("waypost-data/master.key");
     assert!(
         server
-            .stdout()
+            .stderr()
             .iter()
             .any(|l| l.contains("master key file") && l.contains("Back it up"))
     );
@@ -592,7 +661,7 @@ fn the_master_key_file_is_made_once_for_sqlite_and_required_for_postgres() {
     }
     drop(server);
     let again = Server::start(&scratch.0, &["--listen", "127.0.0.1:0"], &[]);
-    assert!(!again.stdout().iter().any(|l| l.contains("master key file")));
+    assert!(!again.stderr().iter().any(|l| l.contains("master key file")));
     drop(again);
     // A different key for the same database is refused.
     let out = run(
