@@ -1,10 +1,8 @@
 //! Who is calling: a tenant API key (`Authorization: Bearer wp_…`) or a signed-in user
 //! (the `waypost_session` cookie, with an `X-CSRF-Token` header on every unsafe request).
 
-use std::net::SocketAddr;
-
 use axum::{
-    extract::{ConnectInfo, FromRequestParts},
+    extract::FromRequestParts,
     http::{HeaderMap, Method, request::Parts},
 };
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
@@ -15,7 +13,7 @@ use uuid::Uuid;
 use waypost_core::{ApiKeyId, Error, ErrorCode, Role, TenantId, Timestamp, UserId};
 use waypost_store::{AuditEvent, Store};
 
-use crate::{AppState, problem::ApiError};
+use crate::{AppState, client::ClientAddr, problem::ApiError};
 
 pub const SESSION_COOKIE: &str = "waypost_session";
 pub const CSRF_HEADER: &str = "x-csrf-token";
@@ -126,12 +124,11 @@ impl RequestMeta {
                 .map(|s| s.chars().take(256).collect())
         };
         RequestMeta {
-            // The socket's peer: the only address a client cannot forge. Behind a proxy this is
-            // the proxy; trusting X-Forwarded-For needs a configured proxy list (not yet).
+            // The peer, or the client a trusted proxy names (see `client`).
             ip: parts
                 .extensions
-                .get::<ConnectInfo<SocketAddr>>()
-                .map(|c| c.0.ip().to_string()),
+                .get::<ClientAddr>()
+                .map(|c| c.0.to_string()),
             user_agent: header("user-agent"),
             request_id: header("x-request-id"),
         }

@@ -5,11 +5,14 @@
 
 mod auth;
 pub mod authz;
+mod client;
 mod inbox;
+mod limits;
 mod metrics;
 mod problem;
 mod redact;
 mod routes;
+mod throttle;
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
@@ -25,7 +28,8 @@ use waypost_store::Store;
 use waypost_vault::Vault;
 
 pub use auth::{ApiKeySecret, Auth, CSRF_HEADER, SESSION_COOKIE, random_bytes};
-pub use metrics::install_recorder;
+pub use client::{ClientAddr, client_address};
+pub use metrics::{QueueGauges, install_recorder};
 pub use problem::ApiError;
 pub use routes::channels::secret_purpose as channel_secret_purpose;
 
@@ -36,10 +40,14 @@ pub struct AuthConfig {
     pub session_idle: Duration,
     /// A session ends this long after sign-in, used or not.
     pub session_absolute: Duration,
-    /// Failed sign-ins per IP per hour before further attempts are refused.
+    /// Failed sign-ins per client address per hour before further attempts are refused.
     pub max_failures_per_ip: i64,
-    /// Failed sign-ins per account per hour before further attempts are refused.
+    /// Failed sign-ins per account per hour, from all addresses together, before further
+    /// attempts are refused: the ceiling on a distributed guesser.
     pub max_failures_per_account: i64,
+    /// Failed sign-ins to one account from one address before each further attempt from
+    /// there must wait: 1 s, doubling with each failure, up to 15 minutes.
+    pub failures_before_delay: i64,
     /// Mark the session cookie `Secure` (sent over HTTPS only).
     pub secure_cookies: bool,
 }
@@ -50,7 +58,8 @@ impl Default for AuthConfig {
             session_idle: Duration::from_secs(30 * 60),
             session_absolute: Duration::from_secs(12 * 3600),
             max_failures_per_ip: 100,
-            max_failures_per_account: 20,
+            max_failures_per_account: 100,
+            failures_before_delay: 5,
             secure_cookies: true,
         }
     }
@@ -64,19 +73,18 @@ pub struct WebhookConfig {
     pub meta_app_secret: Option<String>,
     pub meta_verify_token: Option<String>,
     /// Gupshup signs nothing: when set, its webhooks are accepted only from these networks
-    /// (compared with the connecting address), besides the secret in each channel's URL.
+    /// (compared with the client address, see `AppState::trusted_proxies`), besides the
+    /// secret in each channel's URL.
     pub gupshup_allowed_ips: Vec<ipnet::IpNet>,
 }
 
 impl WebhookConfig {
-    pub fn gupshup_source_allowed(&self, peer: std::net::IpAddr) -> bool {
+    /// Whether a Gupshup webhook from `client` (unknown: `None`) may be accepted.
+    pub fn gupshup_source_allowed(&self, client: Option<std::net::IpAddr>) -> bool {
         // An IPv4 client on a dual-stack socket arrives as ::ffff:a.b.c.d.
-        let peer = peer.to_canonical();
+        let client = client.map(|ip| ip.to_canonical());
         self.gupshup_allowed_ips.is_empty()
-            || self
-                .gupshup_allowed_ips
-                .iter()
-                .any(|net| net.contains(&peer))
+            || client.is_some_and(|ip| self.gupshup_allowed_ips.iter().any(|net| net.contains(&ip)))
     }
 }
 
@@ -88,6 +96,8 @@ pub struct AppState {
     pub auth: AuthConfig,
     /// Shared: the state is cloned for every request.
     pub webhooks: Arc<WebhookConfig>,
+    /// Reverse proxies whose `X-Forwarded-For` names the client (`http.trusted_proxies`).
+    pub trusted_proxies: Arc<[ipnet::IpNet]>,
     /// For calls to providers (Graph API, BSPs) and any other tenant-influenced
     /// destination: through the egress policy.
     pub http: waypost_outbound::provider::ProviderHttp,
@@ -95,6 +105,10 @@ pub struct AppState {
     inbox: inbox::InboxWriter,
     channel_secrets: inbox::ChannelSecrets,
     pub metrics: ::metrics_exporter_prometheus::PrometheusHandle,
+    /// When set, `/metrics` answers only `Authorization: Bearer <token>`.
+    pub metrics_token: Option<Arc<str>>,
+    /// Queue gauges for `/metrics`, refreshed by [`QueueGauges::run`].
+    pub queue_gauges: QueueGauges,
     /// Pokes this process's job worker when a request enqueues work.
     pub worker_wake: Option<Arc<Notify>>,
     /// Pokes this process's dispatcher when a request queues a message.
@@ -119,10 +133,13 @@ impl AppState {
             vault,
             auth,
             webhooks: Arc::default(),
+            trusted_proxies: Arc::new([]),
             inbox: inbox::InboxWriter::start(store.clone()),
             channel_secrets: inbox::ChannelSecrets::default(),
             http: waypost_outbound::provider::ProviderHttp::new(egress),
             metrics: install_recorder(),
+            metrics_token: None,
+            queue_gauges: QueueGauges::default(),
             worker_wake: None,
             dispatch_wake: None,
             openapi: Arc::new(openapi()),
@@ -233,6 +250,10 @@ pub fn router(state: AppState) -> Router {
     .route_layer(axum::middleware::from_fn(metrics::track_requests))
     .fallback(problem::not_found)
     .method_not_allowed_fallback(problem::method_not_allowed)
+    .layer(axum::middleware::from_fn_with_state(
+        state.clone(),
+        client::resolve,
+    ))
     .with_state(state)
     .layer(axum::extract::DefaultBodyLimit::disable())
     .layer(axum::middleware::from_fn(limit_body))

@@ -253,6 +253,7 @@ impl Redact for AuditRecord {
             outcome,
             prev_hash,
             hash,
+            key_id,
         } = self;
         // Records name their targets by id; an operator's reason is free text and may name
         // a customer.
@@ -272,6 +273,7 @@ impl Redact for AuditRecord {
             outcome,
             prev_hash,
             hash,
+            key_id,
         }
     }
 }

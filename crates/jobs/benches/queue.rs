@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use waypost_core::Timestamp;
 use waypost_jobs::{Handler, JobContext, JobError, Registry, Worker, WorkerConfig};
 use waypost_store::{
-    NewJob, Store,
+    JobKinds, NewJob, Store,
     testkit::{Flavor, TestDb},
 };
 
@@ -86,7 +86,13 @@ async fn drain_bare(store: &Store) -> Duration {
     let started = Instant::now();
     loop {
         let jobs = store
-            .claim_jobs("bare", 1, Duration::from_secs(60), Timestamp::now())
+            .claim_jobs(
+                "bare",
+                &JobKinds::new(["bench.noop"]),
+                1,
+                Duration::from_secs(60),
+                Timestamp::now(),
+            )
             .await
             .unwrap();
         if jobs.is_empty() {

@@ -7,7 +7,7 @@ use std::{
 use tokio::{sync::Notify, task::JoinSet, time::Instant};
 use tokio_util::{sync::CancellationToken, task::AbortOnDropHandle};
 use waypost_core::{Error, JobId, Timestamp};
-use waypost_store::{ClaimedJob, JobState, Store};
+use waypost_store::{ClaimedJob, JobKinds, JobState, Store};
 
 use crate::{
     Backoff,
@@ -58,6 +58,8 @@ pub fn worker_id() -> String {
 pub struct Worker {
     store: Store,
     registry: Registry,
+    /// What this worker claims: only kinds it has a handler for.
+    kinds: JobKinds,
     config: WorkerConfig,
     id: Arc<str>,
     wake: Arc<Notify>,
@@ -72,6 +74,7 @@ impl Worker {
     pub fn with_id(store: Store, registry: Registry, config: WorkerConfig, id: String) -> Self {
         Self {
             store,
+            kinds: JobKinds::new(registry.kinds()),
             registry,
             config,
             id: id.into(),
@@ -111,7 +114,13 @@ impl Worker {
                 let limit = u32::try_from(free).unwrap_or(u32::MAX);
                 match self
                     .store
-                    .claim_jobs(&self.id, limit, self.config.lease, Timestamp::now())
+                    .claim_jobs(
+                        &self.id,
+                        &self.kinds,
+                        limit,
+                        self.config.lease,
+                        Timestamp::now(),
+                    )
                     .await
                 {
                     Ok(jobs) => {
@@ -223,6 +232,7 @@ impl Worker {
             }
             let ctx = Arc::new(JobContext::new(store.clone(), job, worker_id));
             let outcome = match handler {
+                // Claims are limited to registered kinds, so this is a bug, not a deploy.
                 None => Err(JobError::Retry(format!("no handler for job kind {kind:?}"))),
                 // A panicking handler must not take the worker down; it counts as a failure.
                 // Dropping the handle (shutdown aborting this task) aborts the handler too.

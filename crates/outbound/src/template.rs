@@ -274,18 +274,92 @@ pub fn from_graph(v: &Value) -> Option<TemplateUpsert> {
 #[derive(Debug, Clone, serde::Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewTemplate {
-    /// Lowercase letters, digits and underscores.
+    /// Lowercase letters, digits and underscores; at most 512 characters.
     pub name: String,
-    /// e.g. `en_US`.
+    /// e.g. `en_US`; 2 to 16 characters.
     pub language: String,
     /// `MARKETING`, `UTILITY` or `AUTHENTICATION`.
     pub category: String,
     /// `POSITIONAL` (default) or `NAMED`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parameter_format: Option<String>,
-    /// HEADER, BODY, FOOTER and BUTTONS components, as the Graph API takes them.
+    /// HEADER, BODY, FOOTER and BUTTONS components, as the Graph API takes them, with Meta's
+    /// limits: at most 4 components; header text at most 60 characters, body text 1 to 1024,
+    /// footer text at most 60; at most 10 buttons, each text at most 25 characters, url at
+    /// most 2000, phone_number at most 20; any other text (examples, formats) at most 2000.
     #[schema(value_type = Vec<Object>)]
     pub components: Vec<Value>,
+}
+
+/// Meta's limits on a template's parts, in characters.
+const COMPONENTS_MAX: usize = 4;
+const HEADER_TEXT_MAX: usize = 60;
+const BODY_TEXT_MAX: usize = 1024;
+const FOOTER_TEXT_MAX: usize = 60;
+const BUTTONS_MAX: usize = 10;
+const BUTTON_TEXT_MAX: usize = 25;
+const BUTTON_URL_MAX: usize = 2000;
+const BUTTON_PHONE_MAX: usize = 20;
+/// Examples, formats and anything else a component carries.
+const OTHER_TEXT_MAX: usize = 2000;
+
+fn too_long(what: &str, max: usize) -> Error {
+    Error::validation(format!("{what} must be at most {max} characters"))
+}
+
+/// Every string anywhere in `value` has at most `max` characters.
+fn strings_within(value: &Value, max: usize) -> bool {
+    match value {
+        Value::String(s) => s.chars().count() <= max,
+        Value::Array(items) => items.iter().all(|v| strings_within(v, max)),
+        Value::Object(fields) => fields.values().all(|v| strings_within(v, max)),
+        _ => true,
+    }
+}
+
+/// The field `key` of `value`, if it is a string longer than `max` characters.
+fn field_over(value: &Value, key: &str, max: usize) -> bool {
+    value
+        .get(key)
+        .and_then(Value::as_str)
+        .is_some_and(|s| s.chars().count() > max)
+}
+
+fn check_component(component: &Value) -> Result<()> {
+    let kind = component.get("type").and_then(Value::as_str).unwrap_or("");
+    match kind.to_ascii_uppercase().as_str() {
+        "HEADER" if field_over(component, "text", HEADER_TEXT_MAX) => {
+            return Err(too_long("the header text", HEADER_TEXT_MAX));
+        }
+        "FOOTER" if field_over(component, "text", FOOTER_TEXT_MAX) => {
+            return Err(too_long("the footer text", FOOTER_TEXT_MAX));
+        }
+        "BUTTONS" => {
+            let buttons = component.get("buttons").and_then(Value::as_array);
+            if buttons.is_some_and(|b| b.len() > BUTTONS_MAX) {
+                return Err(Error::validation(format!(
+                    "a template has at most {BUTTONS_MAX} buttons"
+                )));
+            }
+            for button in buttons.into_iter().flatten() {
+                for (key, max) in [
+                    ("text", BUTTON_TEXT_MAX),
+                    ("url", BUTTON_URL_MAX),
+                    ("phone_number", BUTTON_PHONE_MAX),
+                ] {
+                    if field_over(button, key, max) {
+                        return Err(too_long(&format!("a button's {key}"), max));
+                    }
+                }
+            }
+        }
+        _ => {}
+    }
+    if strings_within(component, OTHER_TEXT_MAX) {
+        Ok(())
+    } else {
+        Err(too_long("every text in a component", OTHER_TEXT_MAX))
+    }
 }
 
 impl NewTemplate {
@@ -319,13 +393,21 @@ impl NewTemplate {
         if self.language.len() < 2 || self.language.len() > 16 {
             return Err(Error::validation("language must be a code like en_US"));
         }
+        if self.components.len() > COMPONENTS_MAX {
+            return Err(Error::validation(format!(
+                "a template has at most {COMPONENTS_MAX} components"
+            )));
+        }
+        for component in &self.components {
+            check_component(component)?;
+        }
         let body = self.components.iter().find(|c| {
             c.get("type")
                 .and_then(Value::as_str)
                 .is_some_and(|t| t.eq_ignore_ascii_case("BODY"))
         });
         match body.and_then(|b| b.get("text")).and_then(Value::as_str) {
-            Some(text) if !text.is_empty() && text.chars().count() <= 1024 => Ok(()),
+            Some(text) if !text.is_empty() && text.chars().count() <= BODY_TEXT_MAX => Ok(()),
             _ => Err(Error::validation(
                 "components need a BODY with 1 to 1024 characters of text",
             )),

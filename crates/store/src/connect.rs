@@ -10,6 +10,8 @@ use waypost_core::{Error, ErrorCode, Result, TenantId};
 
 use crate::{
     APP_ROLE,
+    audit_keys::AuditKeyring,
+    private_files,
     tx::{Conn, Platform, Tenant, Tx},
 };
 
@@ -198,6 +200,8 @@ pub struct Store {
     backend: Backend,
     /// Shared: every request clones the store, and a PostgreSQL URL is many strings.
     url: Arc<DatabaseUrl>,
+    /// The audit chain's MAC keys, shared by every clone (see [`Store::set_audit_keys`]).
+    pub(crate) audit_keys: Arc<AuditKeyring>,
 }
 
 /// What `/readyz` reports.
@@ -263,6 +267,7 @@ impl Store {
                 Store {
                     backend: Backend::Postgres { pool },
                     url: Arc::new(url.clone()),
+                    audit_keys: Arc::default(),
                 }
             }
         };
@@ -272,14 +277,9 @@ impl Store {
     async fn connect_sqlite(path: &std::path::Path, options: &StoreOptions) -> Result<Store> {
         let url = DatabaseUrl::Sqlite(path.to_path_buf());
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            std::fs::create_dir_all(parent).map_err(|e| {
-                Error::with_source(
-                    ErrorCode::InvalidConfig,
-                    format!("cannot create data directory {}", parent.display()),
-                    e,
-                )
-            })?;
+            private_files::create_dir(parent)?;
         }
+        private_files::prepare_database(path)?;
         let sync = match options.sqlite_synchronous {
             SqliteSync::Full => SqliteSynchronous::Full,
             SqliteSync::Normal => SqliteSynchronous::Normal,
@@ -307,6 +307,9 @@ impl Store {
                 .await
                 .map_err(|e| migrate_error(&url, e))?;
         }
+        // WAL mode has created -wal and -shm by now; SQLite gives them the database file's
+        // mode, but ones left over from an older release keep theirs.
+        private_files::tighten_database(path)?;
         let read = SqlitePoolOptions::new()
             .max_connections(options.max_connections.max(1))
             .acquire_timeout(options.acquire_timeout)
@@ -317,6 +320,7 @@ impl Store {
         Ok(Store {
             backend: Backend::Sqlite { write, read },
             url: Arc::new(url),
+            audit_keys: Arc::default(),
         })
     }
 
@@ -364,6 +368,7 @@ impl Store {
         Ok(Tx {
             conn,
             scope: Tenant(tenant),
+            audit_keys: self.audit_keys.clone(),
         })
     }
 
@@ -377,6 +382,7 @@ impl Store {
         Ok(Tx {
             conn,
             scope: Tenant(tenant),
+            audit_keys: self.audit_keys.clone(),
         })
     }
 
@@ -389,6 +395,7 @@ impl Store {
         Ok(Tx {
             conn,
             scope: Platform,
+            audit_keys: self.audit_keys.clone(),
         })
     }
 
@@ -401,6 +408,7 @@ impl Store {
         Ok(Tx {
             conn,
             scope: Platform,
+            audit_keys: self.audit_keys.clone(),
         })
     }
 

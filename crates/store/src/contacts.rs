@@ -93,10 +93,21 @@ pub enum ContactKey {
 /// Which keywords opt a contact out of, or back into, marketing.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct ConsentSettings {
+    /// Words that opt out of marketing: at least one; with the opt-in words at most 100, each
+    /// 1 to 32 characters.
     pub opt_out_keywords: Vec<String>,
+    /// Words that opt back in (counted with the opt-out words; each 1 to 32 characters).
     pub opt_in_keywords: Vec<String>,
-    /// Sent back after a keyword changes consent (when outbound sending exists).
+    /// Sent back as a WhatsApp text after a keyword changes consent: at most 4096 characters.
     pub confirmation_reply: Option<String>,
+}
+
+impl ConsentSettings {
+    /// Opt-out and opt-in keywords together.
+    pub const MAX_KEYWORDS: usize = 100;
+    pub const KEYWORD_MAX: usize = 32;
+    /// A WhatsApp text message's limit.
+    pub const REPLY_MAX: usize = 4096;
 }
 
 impl Default for ConsentSettings {

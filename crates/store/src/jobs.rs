@@ -218,12 +218,15 @@ const MAX_ERROR_LEN: usize = 2_000;
 /// pass over each other's rows instead of queueing on them; SQLite has a single writer, so
 /// the plain statement is already atomic. The pick is a materialized CTE, not `id IN (SELECT
 /// … LIMIT n)`: a planner may rescan such a subquery per row, and with SKIP LOCKED every
-/// rescan finds new rows, leasing more than `n` jobs.
+/// rescan finds new rows, leasing more than `n` jobs. Only kinds the worker can run are
+/// picked (`$5`: a text array on PostgreSQL, a JSON array on SQLite).
 macro_rules! claim_sql {
-    ($lock:literal) => {
+    ($kinds:literal, $lock:literal) => {
         concat!(
             "WITH picked AS MATERIALIZED (SELECT id FROM jobs \
-             WHERE state = 'pending' AND run_at <= $3 ORDER BY run_at LIMIT $4",
+             WHERE state = 'pending' AND run_at <= $3 AND ",
+            $kinds,
+            " ORDER BY run_at LIMIT $4",
             $lock,
             ") UPDATE jobs SET run_at = $1, lease_owner = $2, attempts = attempts + 1, \
              updated_at = $3 \
@@ -232,8 +235,26 @@ macro_rules! claim_sql {
         )
     };
 }
-const CLAIM_SQLITE: &str = claim_sql!("");
-const CLAIM_POSTGRES: &str = claim_sql!(" FOR UPDATE SKIP LOCKED");
+const CLAIM_SQLITE: &str = claim_sql!("kind IN (SELECT value FROM json_each($5))", "");
+const CLAIM_POSTGRES: &str = claim_sql!("kind = ANY($5)", " FOR UPDATE SKIP LOCKED");
+
+/// The job kinds a worker has handlers for: it claims only these, so a job of a kind it does
+/// not know (a newer release's, during a rolling deploy) is left untouched for a process that
+/// knows it, its attempts unspent.
+#[derive(Debug, Clone)]
+pub struct JobKinds {
+    kinds: Vec<String>,
+    /// The same list as a JSON array, for SQLite's `json_each`; built once, not per claim.
+    json: String,
+}
+
+impl JobKinds {
+    pub fn new<K: Into<String>>(kinds: impl IntoIterator<Item = K>) -> Self {
+        let kinds: Vec<String> = kinds.into_iter().map(Into::into).collect();
+        let json = serde_json::Value::from(kinds.clone()).to_string();
+        Self { kinds, json }
+    }
+}
 
 macro_rules! job_columns {
     () => {
@@ -372,29 +393,39 @@ fn lease_lost(job: &ClaimedJob) -> Error {
 }
 
 impl Store {
-    /// Leases up to `limit` due jobs to `owner` until `now + lease`.
+    /// Leases up to `limit` due jobs of the given kinds to `owner` until `now + lease`.
     pub async fn claim_jobs(
         &self,
         owner: &str,
+        kinds: &JobKinds,
         limit: u32,
         lease: Duration,
         now: Timestamp,
     ) -> Result<Vec<ClaimedJob>> {
         let mut tx = self.platform().await?;
         let until = now.plus(lease).as_millis();
-        let sql = match tx.conn {
-            Conn::Sqlite(_) => CLAIM_SQLITE,
-            Conn::Postgres(_) => CLAIM_POSTGRES,
-        };
-        let rows = on_conn!(&mut tx.conn, |c| {
-            sqlx::query_as::<_, ClaimRow>(sql)
-                .bind(until)
-                .bind(owner)
-                .bind(now.as_millis())
-                .bind(i64::from(limit))
-                .fetch_all(c)
-                .await
-        })
+        let rows = match &mut tx.conn {
+            Conn::Sqlite(c) => {
+                sqlx::query_as::<_, ClaimRow>(CLAIM_SQLITE)
+                    .bind(until)
+                    .bind(owner)
+                    .bind(now.as_millis())
+                    .bind(i64::from(limit))
+                    .bind(&kinds.json)
+                    .fetch_all(&mut **c)
+                    .await
+            }
+            Conn::Postgres(c) => {
+                sqlx::query_as::<_, ClaimRow>(CLAIM_POSTGRES)
+                    .bind(until)
+                    .bind(owner)
+                    .bind(now.as_millis())
+                    .bind(i64::from(limit))
+                    .bind(&kinds.kinds)
+                    .fetch_all(&mut **c)
+                    .await
+            }
+        }
         .map_err(db_error)?;
         tx.commit().await?;
         rows.into_iter()

@@ -7,8 +7,14 @@ use waypost_core::{Error, ErrorCode, Result, SecretId, Timestamp};
 
 use crate::{
     connect::db_error,
-    tx::{Platform, Tenant, Tx, on_conn},
+    tx::{Conn, Platform, Tenant, Tx, on_conn},
 };
+
+/// The advisory lock that serialises keyring changes on PostgreSQL ("waypkeys").
+const KEYRING_LOCK: i64 = 0x7761_7970_6b65_7973;
+
+const ACTIVE_KEY_SQLITE: &str = "SELECT id FROM encryption_keys WHERE state = 'active'";
+const ACTIVE_KEY_POSTGRES: &str = "SELECT id FROM encryption_keys WHERE state = 'active' FOR SHARE";
 
 /// A data-encryption key as stored: wrapped by the master key.
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
@@ -74,9 +80,25 @@ impl Tx<Platform> {
         .map_err(db_error)
     }
 
+    /// Serialises changes to the keyring until this transaction ends, so two rotations, or two
+    /// processes creating the first key, cannot interleave. (SQLite writers are serial.)
+    async fn lock_keyring(&mut self) -> Result<()> {
+        if let Conn::Postgres(c) = &mut self.conn {
+            sqlx::query("SELECT pg_advisory_xact_lock($1)")
+                .bind(KEYRING_LOCK)
+                .execute(&mut **c)
+                .await
+                .map_err(db_error)?;
+        }
+        Ok(())
+    }
+
     /// Adds a key and makes it the one new secrets are encrypted with; the former active key
-    /// becomes `previous` (decrypt only).
+    /// becomes `previous` (decrypt only). On PostgreSQL the update waits for every secret
+    /// write that share-locked the former key ([`Tx::active_key_for_write`]) to commit, so the
+    /// re-encryption that follows sees them all.
     pub async fn add_active_key(&mut self, wrapped_key: &[u8]) -> Result<i64> {
+        self.lock_keyring().await?;
         let now = Timestamp::now().as_millis();
         let id = on_conn!(&mut self.conn, |c| {
             sqlx::query("UPDATE encryption_keys SET state = 'previous' WHERE state = 'active'")
@@ -94,6 +116,25 @@ impl Tx<Platform> {
         })
         .map_err(db_error)?;
         Ok(id)
+    }
+
+    /// Stores the keyring's first key, unless another process starting at the same time got
+    /// there first. Returns whether this one was stored; either way exactly one key exists.
+    pub async fn add_first_key(&mut self, wrapped_key: &[u8]) -> Result<bool> {
+        self.lock_keyring().await?;
+        let inserted = on_conn!(&mut self.conn, |c| {
+            sqlx::query(
+                "INSERT INTO encryption_keys (id, wrapped_key, state, created_at) \
+                 SELECT 1, $1, 'active', $2 WHERE NOT EXISTS (SELECT 1 FROM encryption_keys)",
+            )
+            .bind(wrapped_key)
+            .bind(Timestamp::now().as_millis())
+            .execute(c)
+            .await
+            .map(|r| r.rows_affected())
+        })
+        .map_err(db_error)?;
+        Ok(inserted == 1)
     }
 
     pub async fn retire_key(&mut self, id: i64) -> Result<()> {
@@ -121,6 +162,32 @@ impl Tx<Platform> {
 }
 
 impl Tx<Tenant> {
+    /// The id of the key a secret written in this transaction must be encrypted with, read in
+    /// this transaction. On PostgreSQL the key's row stays share-locked until the transaction
+    /// ends, so a rotation cannot retire the key to `previous` — and start re-encrypting —
+    /// before this write is committed and visible to it. (SQLite writers are serial.)
+    pub async fn active_key_for_write(&mut self) -> Result<i64> {
+        // A rotation committing while this waits on the lock leaves no row matching in this
+        // statement's snapshot; the next statement sees the new key.
+        let sql = match self.conn {
+            Conn::Sqlite(_) => ACTIVE_KEY_SQLITE,
+            Conn::Postgres(_) => ACTIVE_KEY_POSTGRES,
+        };
+        for _ in 0..10 {
+            let id = on_conn!(&mut self.conn, |c| {
+                sqlx::query_scalar::<_, i64>(sql).fetch_optional(c).await
+            })
+            .map_err(db_error)?;
+            if let Some(id) = id {
+                return Ok(id);
+            }
+        }
+        Err(Error::new(
+            ErrorCode::Internal,
+            "the keyring has no active encryption key",
+        ))
+    }
+
     /// Stores (or replaces) the tenant's secret for `purpose`.
     pub async fn put_secret(
         &mut self,

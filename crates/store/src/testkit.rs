@@ -4,11 +4,19 @@
 //! PostgreSQL database, dropped afterwards. Under `CI=true` a missing PostgreSQL fails the
 //! test instead of skipping it.
 
-use std::{path::PathBuf, str::FromStr, sync::OnceLock};
+use std::{
+    path::PathBuf,
+    str::FromStr,
+    sync::{Arc, OnceLock},
+};
 
+use sha2::{Digest, Sha256};
 use sqlx::{Connection, Executor, postgres::PgConnection};
+use zeroize::Zeroizing;
 
-use crate::{DatabaseUrl, Engine, NewChannel, Store, StoreOptions};
+use waypost_core::TenantId;
+
+use crate::{AuditKeys, DatabaseUrl, Engine, MacKey, NewChannel, Store, StoreOptions};
 
 pub const TEST_DATABASE_URL_VAR: &str = "WAYPOST_TEST_DATABASE_URL";
 /// The login role the README recommends: owns the schema, is neither superuser nor BYPASSRLS.
@@ -60,6 +68,24 @@ impl TestDb {
         }
     }
 
+    /// A store that can append to audit chains without a vault: a stand-in data key is stored
+    /// (once) and [`TestAuditKeys`] derives MAC keys from it, as the vault would from a real
+    /// one with the master key. Not for tests that also open a vault on this database.
+    pub async fn audited_store(&self) -> Store {
+        let store = self.store().await;
+        let added = async {
+            let mut tx = store.platform().await?;
+            tx.add_first_key(b"testkit: a stand-in, not a wrapped key")
+                .await?;
+            tx.commit().await
+        };
+        if let Err(err) = added.await {
+            panic!("storing the stand-in data key: {err}");
+        }
+        store.set_audit_keys(Arc::new(TestAuditKeys));
+        store
+    }
+
     /// A URL that reaches this database as a superuser, bypassing row-level security (for
     /// tests that play an intruder). For SQLite, the same file.
     pub fn superuser_url(&self) -> String {
@@ -98,6 +124,79 @@ impl TestDb {
         };
         if let Err(err) = result {
             panic!("{sql}: {err}");
+        }
+    }
+
+    /// Runs `sql` in a superuser transaction on PostgreSQL and keeps that transaction open
+    /// (holding whatever locks it took) until the returned value is dropped.
+    pub async fn hold_as_superuser(&self, sql: &str) -> HeldTransaction {
+        assert!(
+            self.flavor != Flavor::Sqlite,
+            "hold_as_superuser is for PostgreSQL"
+        );
+        let mut conn = admin_connection(&self.superuser_url()).await;
+        for statement in ["BEGIN", sql] {
+            if let Err(err) = conn
+                .execute(sqlx::AssertSqlSafe(statement.to_string()))
+                .await
+            {
+                panic!("{statement}: {err}");
+            }
+        }
+        HeldTransaction { _conn: conn }
+    }
+
+    /// Plays an intruder with database access but no master key: gives the tenant's audit
+    /// records from `from_seq` on consistent plain SHA-256 links (how an edit could be hidden
+    /// before chains were keyed), with `keyless` also as legacy records, and points the head at
+    /// the last.
+    pub async fn relink_audit_as_sha256(&self, tenant: TenantId, from_seq: i64, keyless: bool) {
+        let records = match self.store().await.tenant_read(tenant).await {
+            Ok(mut tx) => tx.list_audit(&crate::AuditFilter::default(), 100_000).await,
+            Err(err) => Err(err),
+        };
+        let records = records.unwrap_or_else(|e| panic!("reading the audit trail: {e}"));
+        let tenant = self.uuid_literal(*tenant.as_uuid());
+        let mut sql = String::new();
+        let mut prev = None;
+        for mut record in records.into_iter().filter(|r| r.seq >= from_seq) {
+            record.prev_hash = prev.unwrap_or(record.prev_hash);
+            if keyless {
+                record.key_id = None;
+            }
+            let link = record.expected_hash(None);
+            sql.push_str(&format!(
+                "UPDATE audit_events SET {}prev_hash = {}, hash = {} \
+                 WHERE tenant_id = {tenant} AND seq = {};",
+                if keyless { "key_id = NULL, " } else { "" },
+                self.bytes_literal(&record.prev_hash),
+                self.bytes_literal(&link),
+                record.seq
+            ));
+            prev = Some(link);
+        }
+        if let Some(head) = prev {
+            sql.push_str(&format!(
+                "UPDATE audit_heads SET hash = {} WHERE tenant_id = {tenant};",
+                self.bytes_literal(&head)
+            ));
+        }
+        self.execute_as_superuser(&sql).await;
+    }
+
+    fn bytes_literal(&self, bytes: &[u8]) -> String {
+        let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        match self.flavor {
+            Flavor::Sqlite => format!("X'{hex}'"),
+            _ => format!("'\\x{hex}'::bytea"),
+        }
+    }
+
+    /// A UUID as stored: a 16-byte blob in SQLite.
+    fn uuid_literal(&self, id: uuid::Uuid) -> String {
+        match self.flavor {
+            Flavor::Sqlite => self.bytes_literal(id.as_bytes()),
+            _ => format!("'{id}'::uuid"),
         }
     }
 
@@ -222,6 +321,24 @@ impl Drop for TestDb {
             }
         }
     }
+}
+
+/// MAC keys for [`TestDb::audited_store`]: SHA-256 of the key id and the stored bytes.
+pub struct TestAuditKeys;
+
+impl AuditKeys for TestAuditKeys {
+    fn mac_key(&self, key_id: i64, wrapped: &[u8]) -> waypost_core::Result<MacKey> {
+        let digest = Sha256::new()
+            .chain_update(key_id.to_be_bytes())
+            .chain_update(wrapped)
+            .finalize();
+        Ok(Zeroizing::new(digest.into()))
+    }
+}
+
+/// An open transaction; dropping it closes the connection, which rolls it back.
+pub struct HeldTransaction {
+    _conn: PgConnection,
 }
 
 /// A Meta channel for tests, its Graph API pointed at a port nothing listens on.

@@ -1,7 +1,9 @@
+use std::sync::Arc;
+
 use sqlx::{Postgres, Sqlite, Transaction};
 use waypost_core::{Result, TenantId};
 
-use crate::connect::db_error;
+use crate::{audit_keys::AuditKeyring, connect::db_error};
 
 /// An open transaction on either engine. Repository code is written once against it with
 /// [`on_conn!`], which expands the same body for each engine's connection type.
@@ -65,6 +67,7 @@ impl Scope for Platform {
 pub struct Tx<S: Scope> {
     pub(crate) conn: Conn,
     pub(crate) scope: S,
+    pub(crate) audit_keys: Arc<AuditKeyring>,
 }
 
 impl<S: Scope> Tx<S> {
@@ -96,6 +99,7 @@ impl Tx<Platform> {
         Ok(Tx {
             conn,
             scope: Tenant(tenant),
+            audit_keys: self.audit_keys,
         })
     }
 }

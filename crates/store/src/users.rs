@@ -4,8 +4,16 @@ use waypost_core::{Error, ErrorCode, Result, Role, TenantId, Timestamp, UserId};
 
 use crate::{
     connect::db_error,
-    tx::{Platform, Tx, on_conn},
+    tx::{Conn, Platform, Tx, on_conn},
 };
+
+/// Failed sign-ins recorded for one subject (an account, an address, or both) in a window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FailureWindow {
+    pub count: i64,
+    pub oldest: Option<Timestamp>,
+    pub latest: Option<Timestamp>,
+}
 
 /// A person who signs in. Platform data: users are not owned by one tenant.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
@@ -442,6 +450,26 @@ impl Tx<Platform> {
         Ok(())
     }
 
+    /// Moves a failure recorded at `from` to `to` (when the attempt was found to fail).
+    pub async fn move_auth_failure(
+        &mut self,
+        subject: &str,
+        from: Timestamp,
+        to: Timestamp,
+    ) -> Result<()> {
+        on_conn!(&mut self.conn, |c| {
+            sqlx::query("UPDATE auth_failures SET at = $3 WHERE subject = $1 AND at = $2")
+                .bind(subject)
+                .bind(from.as_millis())
+                .bind(to.as_millis())
+                .execute(c)
+                .await
+                .map(|r| r.rows_affected())
+        })
+        .map_err(db_error)?;
+        Ok(())
+    }
+
     /// Removes the failure recorded for a sign-in attempt that then succeeded.
     pub async fn forgive_auth_failure(&mut self, subject: &str, at: Timestamp) -> Result<()> {
         on_conn!(&mut self.conn, |c| {
@@ -456,17 +484,42 @@ impl Tx<Platform> {
         Ok(())
     }
 
-    pub async fn count_auth_failures(&mut self, subject: &str, since: Timestamp) -> Result<i64> {
-        on_conn!(&mut self.conn, |c| {
-            sqlx::query_scalar::<_, i64>(
-                "SELECT COUNT(*) FROM auth_failures WHERE subject = $1 AND at >= $2",
+    /// The failures recorded for `subject` since `since`: how many, the oldest and the newest.
+    pub async fn auth_failures_since(
+        &mut self,
+        subject: &str,
+        since: Timestamp,
+    ) -> Result<FailureWindow> {
+        let (count, oldest, latest) = on_conn!(&mut self.conn, |c| {
+            sqlx::query_as::<_, (i64, Option<i64>, Option<i64>)>(
+                "SELECT COUNT(*), MIN(at), MAX(at) FROM auth_failures \
+                 WHERE subject = $1 AND at >= $2",
             )
             .bind(subject)
             .bind(since.as_millis())
             .fetch_one(c)
             .await
         })
-        .map_err(db_error)
+        .map_err(db_error)?;
+        Ok(FailureWindow {
+            count,
+            oldest: oldest.map(Timestamp::from_millis),
+            latest: latest.map(Timestamp::from_millis),
+        })
+    }
+
+    /// Serialises sign-in attempts on `subject` until this transaction ends, so a burst of
+    /// parallel guesses cannot all read the failure count before any of them adds to it.
+    /// (SQLite transactions already run one at a time.)
+    pub async fn lock_auth_subject(&mut self, subject: &str) -> Result<()> {
+        if let Conn::Postgres(c) = &mut self.conn {
+            sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
+                .bind(subject)
+                .execute(&mut **c)
+                .await
+                .map_err(db_error)?;
+        }
+        Ok(())
     }
 
     /// Drops failure records and sessions that can no longer matter.

@@ -65,16 +65,18 @@ impl MasterKey {
         })
     }
 
-    /// Reads the key file, creating it (mode 0600) with a new key if it does not exist.
+    /// Reads the key file, creating it (mode 0600, in a 0700 folder) with a new key if it does
+    /// not exist.
     /// Returns whether it was created.
     pub fn load_or_create(path: &Path) -> Result<(MasterKey, bool)> {
         if path.exists() {
+            // An older release may have left it readable to others.
+            waypost_store::private_file(path)?;
             return Self::load(path).map(|k| (k, false));
         }
         let key = Self::generate()?;
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)
-                .map_err(|e| invalid(format!("cannot create {}: {e}", dir.display())))?;
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            waypost_store::private_dir(dir)?;
         }
         let mut options = std::fs::OpenOptions::new();
         options.write(true).create_new(true);

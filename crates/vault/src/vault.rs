@@ -1,16 +1,19 @@
 use std::{collections::HashMap, sync::Arc};
 
+use hkdf::Hkdf;
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
 use tokio::sync::RwLock;
 use waypost_core::{Error, ErrorCode, Result, SecretId, TenantId};
-use waypost_store::{SecretStatus, Store, TenantScope, Tx};
+use waypost_store::{AuditKeys, MacKey, SecretStatus, Store, TenantScope, Tx};
 use zeroize::Zeroizing;
 
 use crate::{MasterKey, envelope};
 
 /// Wrapped data keys are bound to this label, so a ciphertext from elsewhere cannot pose as one.
 const DEK_AAD: &[u8] = b"waypost:data-key:v1";
+/// HKDF info for the audit chain's MAC key, derived from a data key.
+const AUDIT_KEY_INFO: &[u8] = b"waypost:audit-chain:v1";
 
 type DataKey = Zeroizing<[u8; 32]>;
 
@@ -38,6 +41,30 @@ impl std::fmt::Debug for Vault {
     }
 }
 
+/// Gives the store the audit chain's MAC keys: each data key, unwrapped with the master key,
+/// yields one through HKDF. So chaining and verifying need the master key, and a data key
+/// that chained records must be kept until retention has removed them.
+struct AuditKeySource {
+    wrapping_key: Zeroizing<[u8; 32]>,
+}
+
+impl AuditKeys for AuditKeySource {
+    fn mac_key(&self, key_id: i64, wrapped: &[u8]) -> Result<MacKey> {
+        let data = Zeroizing::new(
+            envelope::open(&self.wrapping_key, DEK_AAD, wrapped).map_err(|_| {
+                Error::new(
+                    ErrorCode::InvalidConfig,
+                    format!("encryption key {key_id} does not open with this master key"),
+                )
+            })?,
+        );
+        let mut key = Zeroizing::new([0u8; 32]);
+        // 32 bytes is always a valid HKDF-SHA256 output length.
+        let _ = Hkdf::<Sha256>::new(None, &data).expand(AUDIT_KEY_INFO, key.as_mut());
+        Ok(key)
+    }
+}
+
 fn aad(tenant: TenantId, purpose: &str) -> Vec<u8> {
     let mut aad = b"waypost:secret:v1:".to_vec();
     aad.extend_from_slice(tenant.as_uuid().as_bytes());
@@ -61,6 +88,9 @@ impl Vault {
     /// line when the master key does not match the stored keys.
     pub async fn open(store: Store, master: MasterKey) -> Result<Vault> {
         let wrapping_key = master.derive(b"data-key-wrapping");
+        let audit_keys = AuditKeySource {
+            wrapping_key: wrapping_key.clone(),
+        };
         let vault = Vault {
             store,
             master,
@@ -69,17 +99,23 @@ impl Vault {
         };
         vault.reload().await?;
         if vault.keys.read().await.is_empty() {
-            vault.add_key().await?;
+            // Another process may be opening the same new database: whichever key is stored
+            // first becomes everyone's.
+            let (wrapped, _) = vault.new_data_key()?;
+            let mut tx = vault.store.platform().await?;
+            tx.add_first_key(&wrapped).await?;
+            tx.commit().await?;
+            vault.reload().await?;
         }
+        vault.store.set_audit_keys(Arc::new(audit_keys));
         Ok(vault)
     }
 
-    async fn reload(&self) -> Result<i64> {
+    async fn reload(&self) -> Result<()> {
         let mut tx = self.store.platform_read().await?;
         let stored = tx.encryption_keys().await?;
         tx.rollback().await?;
         let mut keys = HashMap::new();
-        let mut active = 0;
         for key in stored.iter().filter(|k| k.state != "retired") {
             let plain =
                 envelope::open(&self.wrapping_key, DEK_AAD, &key.wrapped_key).map_err(|_| {
@@ -93,19 +129,22 @@ impl Vault {
                 Error::new(ErrorCode::Internal, "a stored data key has the wrong size")
             })?;
             keys.insert(key.id, Arc::new(Zeroizing::new(data)));
-            if key.state == "active" {
-                active = key.id;
-            }
         }
         *self.keys.write().await = keys;
-        Ok(active)
+        Ok(())
     }
 
-    async fn add_key(&self) -> Result<i64> {
+    /// A fresh data key: wrapped for storage, and in the clear.
+    fn new_data_key(&self) -> Result<(Vec<u8>, DataKey)> {
         let mut data = Zeroizing::new([0u8; 32]);
         getrandom::fill(data.as_mut())
             .map_err(|e| Error::internal("reading the OS random source", e.to_string()))?;
         let wrapped = envelope::seal(&self.wrapping_key, 0, DEK_AAD, data.as_ref())?;
+        Ok((wrapped, data))
+    }
+
+    async fn add_key(&self) -> Result<i64> {
+        let (wrapped, data) = self.new_data_key()?;
         let mut tx = self.store.platform().await?;
         let id = tx.add_active_key(&wrapped).await?;
         tx.commit().await?;
@@ -125,12 +164,6 @@ impl Vault {
                 format!("encryption key {id} is unknown or retired"),
             )
         })
-    }
-
-    /// The active key, read from the database so a rotation in another process is seen.
-    async fn active_key(&self) -> Result<(i64, Arc<DataKey>)> {
-        let id = self.reload().await?;
-        Ok((id, self.key(id).await?))
     }
 
     fn seal_with(
@@ -153,7 +186,10 @@ impl Vault {
         purpose: &str,
         plaintext: &str,
     ) -> Result<SecretId> {
-        let (key_id, key) = self.active_key().await?;
+        // Read in the caller's transaction (see `active_key_for_write`): a rotation running
+        // now either waits for this write or has already made its key the active one.
+        let key_id = tx.active_key_for_write().await?;
+        let key = self.key(key_id).await?;
         let sealed = self.seal_with(key_id, &key, tx.tenant(), purpose, plaintext)?;
         tx.put_secret(purpose, &sealed, key_id, &hint(plaintext))
             .await
@@ -268,6 +304,12 @@ impl Vault {
                 ));
             }
         }
+        let mut chained = self
+            .store
+            .platform_read()
+            .await?
+            .count_platform_audit_on_key(key_id)
+            .await?;
         for tenant in tenants {
             let mut tx = self.store.tenant_read(tenant.id).await?;
             let using = tx.count_secrets_on_key(key_id).await?;
@@ -279,6 +321,16 @@ impl Vault {
                     ),
                 ));
             }
+            chained += tx.count_audit_on_key(key_id).await?;
+        }
+        if chained > 0 {
+            return Err(Error::new(
+                ErrorCode::Conflict,
+                format!(
+                    "key {key_id} chained {chained} audit record(s), which it is needed to verify; \
+                     it can be retired once audit retention has removed them"
+                ),
+            ));
         }
         let mut tx = self.store.platform().await?;
         tx.retire_key(key_id).await?;

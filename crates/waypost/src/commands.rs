@@ -57,13 +57,13 @@ pub async fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Tenant(cmd) => {
-            let store = open_store(&config).await?;
+            let store = open_audited_store(&config).await?;
             let result = tenant(&store, cmd).await;
             store.close().await;
             result
         }
         Command::Apikey(cmd) => {
-            let store = open_store(&config).await?;
+            let store = open_audited_store(&config).await?;
             let result = apikey(&store, cmd).await;
             store.close().await;
             result
@@ -75,13 +75,13 @@ pub async fn run(cli: Cli) -> Result<()> {
             result
         }
         Command::User(cmd) => {
-            let store = open_store(&config).await?;
+            let store = open_audited_store(&config).await?;
             let result = user(&store, cmd).await;
             store.close().await;
             result
         }
         Command::Audit(AuditCommand::Verify { tenant, json }) => {
-            let store = open_store(&config).await?;
+            let store = open_audited_store(&config).await?;
             let result = audit_verify(&store, tenant.as_deref(), json).await;
             store.close().await;
             result
@@ -144,17 +144,38 @@ fn init_logging(config: &Config, serving: bool) {
 }
 
 pub async fn open_store(config: &Config) -> Result<Store> {
+    private_data_dir(config)?;
     Store::connect(&config.database_url()?, &config.store_options()?).await
+}
+
+/// The store with the audit chain's keys, for commands that write or verify audit records:
+/// they need the master key.
+async fn open_audited_store(config: &Config) -> Result<Store> {
+    let master = master_key(config)?;
+    let store = open_store(config).await?;
+    open_vault(&store, master).await?;
+    Ok(store)
+}
+
+/// The embedded default keeps the database and the master key in `data_dir`: only the owner
+/// may enter it (0700, tightened if an older release made it 0755).
+fn private_data_dir(config: &Config) -> Result<()> {
+    if config.database.url.trim().is_empty() {
+        waypost_store::private_dir(&config.data_dir)?;
+    }
+    Ok(())
 }
 
 /// Loads the master key, creating the embedded default's key file on first use. Called
 /// before the database is opened, so a missing key fails fast.
 pub fn master_key(config: &Config) -> Result<MasterKey> {
+    private_data_dir(config)?;
     let (master, created) = config.master_key()?;
     if let Some(path) = created {
-        println!(
+        // On stderr: commands print their results (JSON with --json) on stdout.
+        eprintln!(
             "Created the master key file {} (mode 0600). Back it up with the database: \
-             without it, stored secrets cannot be decrypted.",
+             without it, stored secrets cannot be decrypted and the audit trail not verified.",
             path.display()
         );
     }
@@ -510,9 +531,14 @@ async fn audit_verify(store: &Store, tenant: Option<&str>, json: bool) -> Result
     print(json, to_json(&reports)?, || {
         reports
             .iter()
-            .map(|r| match r.first_broken_seq {
-                None => format!("{}: {} records, intact", r.chain, r.records),
-                Some(seq) => format!("{}: BROKEN at record {seq}", r.chain),
+            .map(|r| match (r.first_broken_seq, r.legacy_records) {
+                (None, 0) => format!("{}: {} records, intact", r.chain, r.records),
+                (None, legacy) => format!(
+                    "{}: {} records, intact; the first {legacy} predate keyed chains \
+                     (plain SHA-256, not proof against database access)",
+                    r.chain, r.records
+                ),
+                (Some(seq), _) => format!("{}: BROKEN at record {seq}", r.chain),
             })
             .collect::<Vec<_>>()
             .join("\n")

@@ -26,8 +26,28 @@ pub struct Config {
     pub audit: AuditConfig,
     pub meta: MetaConfig,
     pub gupshup: GupshupConfig,
+    pub metrics: MetricsConfig,
     pub egress: EgressConfig,
     pub demo: DemoConfig,
+}
+
+/// `/metrics`: who may scrape it, and how fresh its job-queue gauges are.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// When set, a scrape must send `Authorization: Bearer <token>`. Empty: open.
+    pub token: String,
+    /// How often each process serving HTTP reads the queue gauges; scrapes only render them.
+    pub refresh_secs: u64,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self {
+            token: String::new(),
+            refresh_secs: 5,
+        }
+    }
 }
 
 /// Requests whose destination a tenant or a webhook body can influence reach only public
@@ -102,27 +122,26 @@ pub struct MetaConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct GupshupConfig {
     /// Addresses or networks (`203.0.113.7`, `203.0.113.0/24`) webhooks may come from,
-    /// compared with the connecting address. Empty: any.
+    /// compared with the client address (see `http.trusted_proxies`). Empty: any.
     pub allowed_ips: Vec<String>,
 }
 
-impl GupshupConfig {
-    fn allowed_networks(&self) -> Result<Vec<ipnet::IpNet>> {
-        self.allowed_ips
-            .iter()
-            .map(|entry| {
-                let entry = entry.trim();
-                entry
-                    .parse::<ipnet::IpNet>()
-                    .or_else(|_| entry.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
-                    .map_err(|_| {
-                        invalid(format!(
-                            "gupshup.allowed_ips: {entry:?} is neither an IP address nor a network like 203.0.113.0/24"
-                        ))
-                    })
-            })
-            .collect()
-    }
+/// Addresses or networks (`203.0.113.7`, `10.1.0.0/16`) from a list setting named `key`.
+fn networks(key: &str, entries: &[String]) -> Result<Vec<ipnet::IpNet>> {
+    entries
+        .iter()
+        .map(|entry| {
+            let entry = entry.trim();
+            entry
+                .parse::<ipnet::IpNet>()
+                .or_else(|_| entry.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                .map_err(|_| {
+                    invalid(format!(
+                        "{key}: {entry:?} is neither an IP address nor a network like 203.0.113.0/24"
+                    ))
+                })
+        })
+        .collect()
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -139,6 +158,7 @@ pub struct AuthSection {
     pub session_absolute_hours: u64,
     pub max_failures_per_ip_per_hour: u32,
     pub max_failures_per_account_per_hour: u32,
+    pub failures_before_delay: u32,
     pub secure_cookies: bool,
 }
 
@@ -156,7 +176,8 @@ impl Default for AuthSection {
             session_idle_minutes: 30,
             session_absolute_hours: 12,
             max_failures_per_ip_per_hour: 100,
-            max_failures_per_account_per_hour: 20,
+            max_failures_per_account_per_hour: 100,
+            failures_before_delay: 5,
             secure_cookies: true,
         }
     }
@@ -191,6 +212,8 @@ pub struct HttpConfig {
     /// The externally visible base URL (shown as webhook callback URLs). Empty: http://listen.
     pub public_base_url: String,
     pub shutdown_grace_secs: u64,
+    /// Reverse proxies (addresses or networks) whose `X-Forwarded-For` names the client.
+    pub trusted_proxies: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -264,6 +287,7 @@ impl Default for Config {
             meta: MetaConfig::default(),
             gupshup: GupshupConfig::default(),
             egress: EgressConfig::default(),
+            metrics: MetricsConfig::default(),
             demo: DemoConfig::default(),
         }
     }
@@ -287,6 +311,7 @@ impl Default for HttpConfig {
             listen: "127.0.0.1:8080".into(),
             public_base_url: String::new(),
             shutdown_grace_secs: 10,
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -377,6 +402,7 @@ impl Config {
                 .with_list_parse_key("egress.media_hosts.twilio")
                 .with_list_parse_key("egress.media_hosts.gupshup")
                 .with_list_parse_key("egress.media_hosts.bird")
+                .with_list_parse_key("http.trusted_proxies")
                 .source(Some(env)),
         );
         let where_ = file.map_or_else(
@@ -398,9 +424,10 @@ impl Config {
     /// Checks values that parse but make no sense.
     pub fn validate(&self) -> Result<()> {
         self.listen_addr()?;
+        self.trusted_proxies()?;
         self.database_url()?;
         self.sqlite_sync()?;
-        self.gupshup.allowed_networks()?;
+        networks("gupshup.allowed_ips", &self.gupshup.allowed_ips)?;
         self.egress.policy()?;
         if !matches!(self.log.format.as_str(), "text" | "json") {
             return Err(invalid(format!(
@@ -425,9 +452,10 @@ impl Config {
         if self.jobs.lease_secs < 3
             || self.jobs.prune_every_secs == 0
             || self.scheduler.tick_ms == 0
+            || self.metrics.refresh_secs == 0
         {
             return Err(invalid(
-                "jobs.lease_secs must be at least 3; jobs.prune_every_secs and scheduler.tick_ms at least 1",
+                "jobs.lease_secs must be at least 3; jobs.prune_every_secs, scheduler.tick_ms and metrics.refresh_secs at least 1",
             ));
         }
         Ok(())
@@ -440,6 +468,10 @@ impl Config {
                 self.http.listen
             ))
         })
+    }
+
+    pub fn trusted_proxies(&self) -> Result<Vec<ipnet::IpNet>> {
+        networks("http.trusted_proxies", &self.http.trusted_proxies)
     }
 
     pub fn database_url(&self) -> Result<DatabaseUrl> {
@@ -503,6 +535,7 @@ impl Config {
             ),
             max_failures_per_ip: i64::from(self.auth.max_failures_per_ip_per_hour),
             max_failures_per_account: i64::from(self.auth.max_failures_per_account_per_hour),
+            failures_before_delay: i64::from(self.auth.failures_before_delay),
             secure_cookies: self.auth.secure_cookies,
         }
     }
@@ -547,7 +580,7 @@ impl Config {
             public_base_url: self.public_base_url(bound),
             meta_app_secret: non_empty(&self.meta.app_secret),
             meta_verify_token: non_empty(&self.meta.verify_token),
-            gupshup_allowed_ips: self.gupshup.allowed_networks()?,
+            gupshup_allowed_ips: networks("gupshup.allowed_ips", &self.gupshup.allowed_ips)?,
         })
     }
 
@@ -559,7 +592,11 @@ impl Config {
         {
             masked.database.url = url.to_string();
         }
-        for secret in [&mut masked.meta.app_secret, &mut masked.meta.verify_token] {
+        for secret in [
+            &mut masked.meta.app_secret,
+            &mut masked.meta.verify_token,
+            &mut masked.metrics.token,
+        ] {
             if !secret.is_empty() {
                 *secret = "***".into();
             }
@@ -647,7 +684,7 @@ mod tests {
     }
 
     #[test]
-    fn gupshup_allowed_ips_come_as_a_list_from_the_environment_and_are_checked() {
+    fn address_lists_come_from_the_environment_and_are_checked() {
         let config = Config::load_from(
             None,
             env(&[
@@ -655,11 +692,20 @@ mod tests {
                     "WAYPOST_GUPSHUP__ALLOWED_IPS",
                     "203.0.113.7, 198.51.100.0/24",
                 ),
+                ("WAYPOST_HTTP__TRUSTED_PROXIES", "10.0.0.1, 10.1.0.0/16"),
                 // Other values with commas stay strings.
                 ("WAYPOST_HTTP__PUBLIC_BASE_URL", "https://a.example/x,y"),
             ]),
         )
         .unwrap();
+        let proxies = config.trusted_proxies().unwrap();
+        assert_eq!(
+            proxies,
+            [
+                "10.0.0.1/32".parse::<ipnet::IpNet>().unwrap(),
+                "10.1.0.0/16".parse().unwrap()
+            ]
+        );
         let listed: Vec<_> = config
             .gupshup
             .allowed_ips
@@ -671,14 +717,14 @@ mod tests {
         config.validate().unwrap();
         let bound = "127.0.0.1:8080".parse().unwrap();
         let webhooks = config.webhooks(bound).unwrap();
-        assert!(webhooks.gupshup_source_allowed("198.51.100.9".parse().unwrap()));
-        assert!(webhooks.gupshup_source_allowed("::ffff:203.0.113.7".parse().unwrap()));
-        assert!(!webhooks.gupshup_source_allowed("203.0.113.8".parse().unwrap()));
+        assert!(webhooks.gupshup_source_allowed(Some("198.51.100.9".parse().unwrap())));
+        assert!(webhooks.gupshup_source_allowed(Some("::ffff:203.0.113.7".parse().unwrap())));
+        assert!(!webhooks.gupshup_source_allowed(Some("203.0.113.8".parse().unwrap())));
         assert!(
             Config::default()
                 .webhooks(bound)
                 .unwrap()
-                .gupshup_source_allowed("192.0.2.1".parse().unwrap()),
+                .gupshup_source_allowed(Some("192.0.2.1".parse().unwrap())),
             "no list: any address"
         );
 
@@ -688,6 +734,10 @@ mod tests {
         assert_eq!(err.code(), ErrorCode::InvalidConfig);
         assert!(err.to_string().contains("gupshup.allowed_ips"), "{err}");
         assert!(err.to_string().contains("300.1.1.1"), "{err}");
+        let mut config = Config::default();
+        config.http.trusted_proxies = vec!["proxy.internal".into()];
+        let err = config.validate().unwrap_err();
+        assert!(err.to_string().contains("http.trusted_proxies"), "{err}");
     }
 
     #[test]

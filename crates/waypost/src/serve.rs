@@ -127,6 +127,19 @@ pub async fn run(config: Config) -> Result<()> {
         let mut state = AppState::new(store.clone(), vault.clone(), config.auth())?;
         state.webhooks = Arc::new(config.webhooks(addr)?);
         state.http = http.clone();
+        state.trusted_proxies = config.trusted_proxies()?.into();
+        state.metrics_token = Some(config.metrics.token.trim())
+            .filter(|t| !t.is_empty())
+            .map(Arc::from);
+        let gauges = state.queue_gauges.clone().run(
+            store.clone(),
+            Duration::from_secs(config.metrics.refresh_secs),
+            shutdown.clone(),
+        );
+        tasks.spawn(async move {
+            gauges.await;
+            Ok(())
+        });
         state.worker_wake = worker_wake;
         state.dispatch_wake = dispatch_wake;
         let mut app = waypost_api::router(state);

@@ -5,16 +5,17 @@ use waypost_store::{ApiKey, NewApiKey};
 
 use crate::{
     ApiError, ApiKeySecret, AppState, Auth,
+    limits::at_most,
     problem::{ApiJson, ApiPath, ApiQuery, Problem},
 };
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateApiKey {
-    /// A label to recognise the key by.
+    /// A label to recognise the key by; 1 to 200 characters.
     pub name: String,
     pub role: Role,
-    /// Optional expiry, RFC 3339 (e.g. `2027-01-01T00:00:00Z`).
+    /// Optional expiry, RFC 3339 (e.g. `2027-01-01T00:00:00Z`); at most 64 characters.
     pub expires_at: Option<String>,
 }
 
@@ -28,6 +29,7 @@ pub struct CreatedApiKey {
 
 fn parse_expiry(raw: Option<&str>) -> Result<Option<Timestamp>, ApiError> {
     let Some(raw) = raw else { return Ok(None) };
+    at_most("expires_at", raw, 64)?;
     let parsed = time::OffsetDateTime::parse(raw, &time::format_description::well_known::Rfc3339)
         .map_err(|_| {
         waypost_core::Error::validation("expires_at must be an RFC 3339 instant")

@@ -8,17 +8,24 @@ use serde::Deserialize;
 use waypost_core::{Error, Page, PageRequest, Timestamp};
 use waypost_store::{AuditFilter, AuditRecord};
 
-use crate::{ApiError, AppState, auth::Auth, problem::ApiQuery};
+use crate::{
+    ApiError, AppState,
+    auth::Auth,
+    limits::{FILTER_MAX, at_most_opt},
+    problem::ApiQuery,
+};
 
 #[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct AuditQuery {
-    /// Only this actor (user, API key or operator id).
+    /// Only this actor (user, API key or operator id); at most 200 characters.
     pub actor: Option<String>,
-    /// Only this action, e.g. `auth.sign_in`.
+    /// Only this action, e.g. `auth.sign_in`; at most 200 characters.
     pub action: Option<String>,
+    /// At most 200 characters.
     pub target_type: Option<String>,
+    /// At most 200 characters.
     pub target_id: Option<String>,
     /// RFC 3339; inclusive.
     pub from: Option<String>,
@@ -55,6 +62,14 @@ pub async fn list_audit_events(
     ApiQuery(query): ApiQuery<AuditQuery>,
 ) -> Result<Response, ApiError> {
     let tenant = auth.tenant()?;
+    for (field, value) in [
+        ("actor", &query.actor),
+        ("action", &query.action),
+        ("target_type", &query.target_type),
+        ("target_id", &query.target_id),
+    ] {
+        at_most_opt(field, value.as_deref(), FILTER_MAX)?;
+    }
     let page = PageRequest {
         limit: query.limit,
         cursor: None,

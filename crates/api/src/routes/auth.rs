@@ -1,9 +1,12 @@
 use std::sync::OnceLock;
 
 use axum::{
-    Json,
+    Extension, Json,
     extract::State,
-    http::{HeaderValue, StatusCode, header::SET_COOKIE},
+    http::{
+        HeaderValue, StatusCode,
+        header::{RETRY_AFTER, SET_COOKIE},
+    },
     response::{IntoResponse, Response},
 };
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
@@ -14,13 +17,18 @@ use waypost_store::{Membership, NewSession, User};
 use crate::{
     ApiError, AppState,
     auth::{Auth, RequestMeta, SESSION_COOKIE, random_bytes, session_token_hash},
+    client::ClientAddr,
+    limits::at_most,
     problem::{ApiJson, ApiPath, Problem},
+    throttle::{self, Admission, Subjects},
 };
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Login {
+    /// At most 254 characters.
     pub email: String,
+    /// At most 1024 characters.
     pub password: String,
     /// The tenant to open; default: the first one the user belongs to.
     pub tenant_id: Option<TenantId>,
@@ -39,11 +47,19 @@ pub struct SessionView {
     pub expires_at: Timestamp,
 }
 
-fn throttled() -> ApiError {
-    ApiError(Error::new(
+/// 429 with `Retry-After` in whole seconds, rounded up.
+fn throttled(wait: std::time::Duration) -> Response {
+    let mut response = ApiError(Error::new(
         ErrorCode::RateLimited,
         "too many failed sign-ins; try again later",
     ))
+    .into_response();
+    let secs = wait.as_millis().div_ceil(1000).max(1);
+    response.headers_mut().insert(
+        RETRY_AFTER,
+        HeaderValue::from(u64::try_from(secs).unwrap_or(u64::MAX)),
+    );
+    response
 }
 
 /// A hash to verify against when the account does not exist, so both cases cost the same.
@@ -82,35 +98,34 @@ fn session_cookie(token: &str, max_age_secs: u64, secure: bool) -> Result<Header
 }
 
 /// Signs in with email and password. Sets the session cookie and returns the CSRF token.
-/// Failed attempts are counted per account and per IP; past the limits (default 20 per
-/// account and 100 per IP an hour) sign-ins are refused with 429 before any password check.
+/// After 5 failures for one account from one client address, each further attempt from that
+/// address must wait (1 s, doubling up to 15 minutes) and is answered 429 with `Retry-After`
+/// until then; the account's owner signing in from elsewhere is not affected. Beyond 100
+/// failures an hour for the account from all addresses, or 100 from one address, every attempt
+/// is refused with 429 before any password check.
 #[utoipa::path(post, path = "/api/v1/auth/login", tag = "auth",
     request_body = Login,
     responses(
         (status = OK, body = SessionView, description = "Signed in; the `waypost_session` cookie is set"),
         (status = UNAUTHORIZED, body = Problem, content_type = "application/problem+json"),
-        (status = TOO_MANY_REQUESTS, body = Problem, content_type = "application/problem+json")
+        (status = TOO_MANY_REQUESTS, body = Problem, content_type = "application/problem+json",
+            description = "Throttled; `Retry-After` says when to try again")
     ))]
 pub async fn login(
     State(state): State<AppState>,
     meta: RequestMeta,
+    client: Option<Extension<ClientAddr>>,
     ApiJson(body): ApiJson<Login>,
 ) -> Result<Response, ApiError> {
     let now = Timestamp::now();
-    let hour_ago = now.minus(std::time::Duration::from_secs(3600));
-    if body.email.len() > 254 || body.password.len() > 1024 {
-        return Err(Error::new(ErrorCode::Unauthorized, "wrong email or password").into());
-    }
+    at_most("email", &body.email, EMAIL_MAX)?;
+    at_most("password", &body.password, PASSWORD_MAX)?;
     let email = body.email.trim().to_lowercase();
-    let ip_subject = format!("ip:{}", meta.ip.as_deref().unwrap_or("unknown"));
-    let account_subject = format!("account:{email}");
+    let subjects = Subjects::new(&email, client.map(|Extension(ClientAddr(ip))| ip));
 
-    // The attempt is counted as a failure before the password is checked and forgiven after
-    // a success, so a burst of parallel guesses cannot all slip under the limit.
     let mut tx = state.store.platform().await?;
-    let by_ip = tx.count_auth_failures(&ip_subject, hour_ago).await?;
-    let by_account = tx.count_auth_failures(&account_subject, hour_ago).await?;
-    if by_ip >= state.auth.max_failures_per_ip || by_account >= state.auth.max_failures_per_account
+    if let Admission::RetryAfter(wait) =
+        throttle::admit(&mut tx, &state.auth, &subjects, now).await?
     {
         let mut event = meta.event(None, "auth.sign_in", "denied");
         event.target_type = Some("email".into());
@@ -118,10 +133,8 @@ pub async fn login(
         event.reason = Some("throttled".into());
         tx.audit(event).await?;
         tx.commit().await?;
-        return Err(throttled());
+        return Ok(throttled(wait));
     }
-    tx.record_auth_failure(&ip_subject, now).await?;
-    tx.record_auth_failure(&account_subject, now).await?;
     let found = tx.find_user_by_email(&email).await?;
     tx.commit().await?;
 
@@ -133,6 +146,7 @@ pub async fn login(
         Some(u) if password_ok && u.user.disabled_at.is_none() => u.user,
         found => {
             let mut tx = state.store.platform().await?;
+            throttle::failed(&mut tx, &subjects, now).await?;
             let mut event = meta.event(
                 found.map(|u| crate::auth::Actor::User(u.user.id)),
                 "auth.sign_in",
@@ -150,8 +164,7 @@ pub async fn login(
     };
 
     let mut tx = state.store.platform().await?;
-    tx.forgive_auth_failure(&ip_subject, now).await?;
-    tx.forgive_auth_failure(&account_subject, now).await?;
+    throttle::forgive(&mut tx, &subjects, now).await?;
     tx.commit().await?;
     let mut tx = state.store.platform().await?;
     let memberships = tx.memberships_of(user.id).await?;
@@ -215,6 +228,11 @@ pub async fn login(
     response.headers_mut().insert(SET_COOKIE, cookie);
     Ok(response)
 }
+
+/// The longest email address SMTP allows.
+const EMAIL_MAX: usize = 254;
+/// Beyond any passphrase; keeps a guess from costing more than the check of a real one.
+const PASSWORD_MAX: usize = 1024;
 
 fn signed_in(auth: &Auth) -> Result<(Vec<u8>, UserId), ApiError> {
     auth.session
@@ -315,6 +333,7 @@ pub async fn switch_tenant(
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ChangePassword {
+    /// At most 1024 characters.
     pub current_password: String,
     /// 12 to 256 characters.
     pub new_password: String,
@@ -330,6 +349,7 @@ pub async fn change_password(
     ApiJson(body): ApiJson<ChangePassword>,
 ) -> Result<StatusCode, ApiError> {
     let (id, user) = signed_in(&auth)?;
+    at_most("current_password", &body.current_password, PASSWORD_MAX)?;
     let current = {
         let mut tx = state.store.platform_read().await?;
         tx.get_user(user).await?.password_hash

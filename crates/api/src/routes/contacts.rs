@@ -6,6 +6,7 @@ use waypost_store::{ConsentEvent, ConsentSettings, Contact, ContactKey, MARKETIN
 use crate::{
     ApiError, AppState,
     auth::{Actor, Auth},
+    limits::{FILTER_MAX, NAME_MAX, NOTE_MAX, at_most, at_most_opt},
     problem::{ApiJson, ApiPath, ApiQuery, Problem},
     redact::Redact,
 };
@@ -15,9 +16,9 @@ use crate::{
 #[serde(deny_unknown_fields)]
 pub struct ContactQuery {
     /// A contact id, a phone number in any international format, or (for callers who see
-    /// personal data) part of a number or name. Analysts and masked operators may search only
-    /// by a contact id or a whole number; anything else is refused (422), so a search cannot
-    /// reveal a number or name piece by piece.
+    /// personal data) part of a number or name; at most 200 characters. Analysts and masked
+    /// operators may search only by a contact id or a whole number; anything else is refused
+    /// (422), so a search cannot reveal a number or name piece by piece.
     pub search: Option<String>,
     pub limit: Option<u32>,
     pub cursor: Option<String>,
@@ -63,6 +64,7 @@ pub async fn list_contacts(
     auth: Auth,
     ApiQuery(query): ApiQuery<ContactQuery>,
 ) -> Result<Json<Page<Contact>>, ApiError> {
+    at_most_opt("search", query.search.as_deref(), FILTER_MAX)?;
     let (limit, cursor) = PageRequest {
         limit: query.limit,
         cursor: query.cursor,
@@ -91,8 +93,9 @@ pub async fn list_contacts(
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateContact {
-    /// International form, e.g. `+14155550100`; normalized to E.164.
+    /// International form, e.g. `+14155550100`, at most 64 characters; normalized to E.164.
     pub phone: String,
+    /// At most 200 characters.
     pub name: Option<String>,
     /// Record a marketing opt-in now (source `api`).
     #[serde(default)]
@@ -100,14 +103,13 @@ pub struct CreateContact {
 }
 
 fn valid_name(name: Option<&str>) -> Result<Option<String>, Error> {
-    match name.map(str::trim) {
-        Some(n) if n.chars().count() > 200 => {
-            Err(Error::validation("name must be at most 200 characters"))
-        }
-        Some("") | None => Ok(None),
-        Some(n) => Ok(Some(n.to_string())),
-    }
+    let name = name.map(str::trim);
+    at_most_opt("name", name, NAME_MAX)?;
+    Ok(name.filter(|n| !n.is_empty()).map(str::to_string))
 }
+
+/// Longer than any way of writing a phone number.
+const PHONE_MAX: usize = 64;
 
 fn consent_source(auth: &Auth) -> &'static str {
     match auth.actor {
@@ -125,6 +127,7 @@ pub async fn create_contact(
     auth: Auth,
     ApiJson(body): ApiJson<CreateContact>,
 ) -> Result<(StatusCode, Json<Contact>), ApiError> {
+    at_most("phone", &body.phone, PHONE_MAX)?;
     let phone = PhoneNumber::parse(&body.phone)?;
     let name = valid_name(body.name.as_deref())?;
     let mut tx = state.store.tenant(auth.tenant()?).await?;
@@ -203,10 +206,11 @@ pub async fn get_contact(
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateContact {
+    /// At most 200 characters; empty clears the name.
     pub name: Option<String>,
     /// `opt_in` or `opt_out` of marketing, recorded in the history.
     pub marketing_consent: Option<String>,
-    /// Why (kept with the consent event).
+    /// Why (kept with the consent event); at most 500 characters.
     pub note: Option<String>,
 }
 
@@ -229,6 +233,7 @@ pub async fn update_contact(
         }
     };
     let name = valid_name(body.name.as_deref())?;
+    at_most_opt("note", body.note.as_deref(), NOTE_MAX)?;
     let mut tx = state.store.tenant(auth.tenant()?).await?;
     tx.get_contact(id).await?;
     if body.name.is_some() {
@@ -297,7 +302,7 @@ pub async fn put_consent_settings(
 ) -> Result<Json<ConsentSettings>, ApiError> {
     let words = body.opt_out_keywords.iter().chain(&body.opt_in_keywords);
     if body.opt_out_keywords.is_empty()
-        || body.opt_out_keywords.len() + body.opt_in_keywords.len() > 100
+        || body.opt_out_keywords.len() + body.opt_in_keywords.len() > ConsentSettings::MAX_KEYWORDS
     {
         return Err(
             Error::validation("give 1 to 100 keywords, at least one opt-out keyword").into(),
@@ -305,10 +310,15 @@ pub async fn put_consent_settings(
     }
     if words
         .clone()
-        .any(|w| w.trim().is_empty() || w.chars().count() > 32)
+        .any(|w| w.trim().is_empty() || w.chars().count() > ConsentSettings::KEYWORD_MAX)
     {
         return Err(Error::validation("keywords must be 1 to 32 characters").into());
     }
+    at_most_opt(
+        "confirmation_reply",
+        body.confirmation_reply.as_deref(),
+        ConsentSettings::REPLY_MAX,
+    )?;
     let tenant = auth.tenant()?;
     let mut tx = state.store.tenant(tenant).await?;
     tx.put_consent_settings(&body).await?;

@@ -6,6 +6,7 @@ use waypost_store::Tenant;
 use crate::{
     ApiError, AppState,
     auth::Auth,
+    limits::{NOTE_MAX, at_most_opt},
     problem::{ApiJson, Problem},
 };
 
@@ -23,6 +24,7 @@ pub async fn list_tenants(State(state): State<AppState>) -> Result<Json<Vec<Tena
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateTenant {
+    /// 1 to 200 characters.
     pub name: String,
 }
 
@@ -47,7 +49,8 @@ pub async fn create_tenant(
 #[serde(deny_unknown_fields)]
 pub struct OpenTenant {
     pub tenant_id: TenantId,
-    /// Why the operator looks. Required (at least 10 characters) to unmask personal data.
+    /// Why the operator looks; at most 500 characters. Required (at least 10 characters) to
+    /// unmask personal data.
     pub reason: Option<String>,
     /// See phone numbers and message bodies unredacted, for one hour.
     #[serde(default)]
@@ -70,6 +73,7 @@ pub async fn open_tenant(
     auth: Auth,
     ApiJson(body): ApiJson<OpenTenant>,
 ) -> Result<Json<OperatorAccess>, ApiError> {
+    at_most_opt("reason", body.reason.as_deref(), NOTE_MAX)?;
     let reason = body
         .reason
         .as_deref()

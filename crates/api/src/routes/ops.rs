@@ -1,8 +1,14 @@
-use axum::{Json, extract::State, http::StatusCode, response::IntoResponse};
+use axum::{
+    Json,
+    extract::State,
+    http::{HeaderMap, StatusCode},
+    response::IntoResponse,
+};
 use serde_json::json;
+use waypost_core::{Error, ErrorCode};
 use waypost_store::Readiness;
 
-use crate::AppState;
+use crate::{ApiError, AppState, problem::Problem};
 
 /// Liveness: the process is up and serving HTTP. Never touches the database.
 #[utoipa::path(get, path = "/healthz", tag = "operations",
@@ -31,18 +37,35 @@ pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     (status, Json(body))
 }
 
-/// Prometheus metrics: requests and latency by route, job queue depth and age by kind.
+/// Prometheus metrics: requests and latency by route, job queue depth and age by kind (read
+/// in the background every few seconds; a scrape never queries the database). When
+/// `metrics.token` is set, `Authorization: Bearer <token>` is required.
 #[utoipa::path(get, path = "/metrics", tag = "operations",
-    responses((status = OK, description = "Prometheus text exposition format", content_type = "text/plain")))]
-pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
-    let text = crate::metrics::render(&state.metrics, &state.store).await;
-    (
+    responses(
+        (status = OK, description = "Prometheus text exposition format", content_type = "text/plain"),
+        (status = UNAUTHORIZED, body = Problem, content_type = "application/problem+json",
+            description = "`metrics.token` is set and the request does not present it")
+    ))]
+pub async fn metrics(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<impl IntoResponse, ApiError> {
+    if let Some(token) = state.metrics_token.as_deref()
+        && !crate::metrics::token_matches(&headers, token)
+    {
+        return Err(ApiError(Error::new(
+            ErrorCode::Unauthorized,
+            "the metrics need Authorization: Bearer <metrics.token>",
+        )));
+    }
+    let text = crate::metrics::render(&state.metrics, &state.queue_gauges);
+    Ok((
         [(
             axum::http::header::CONTENT_TYPE,
             "text/plain; version=0.0.4",
         )],
         text,
-    )
+    ))
 }
 
 /// This document.

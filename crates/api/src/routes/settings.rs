@@ -6,6 +6,7 @@ use waypost_store::{AiSettingsRecord, SecretStatus, TenantSettings};
 use crate::{
     ApiError, AppState,
     auth::Auth,
+    limits::{NAME_MAX, at_most, at_most_opt},
     problem::{ApiJson, Problem},
 };
 
@@ -61,6 +62,9 @@ pub async fn put_settings(
 }
 
 const AI_KEY_PURPOSE: &str = "ai.api_key";
+/// Browsers and proxies stop at about this.
+const URL_MAX: usize = 2048;
+const API_KEY_MAX: usize = 4096;
 
 /// AI replies through an OpenAI-compatible API or Flowise. The API key is write-only.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -78,11 +82,14 @@ pub struct AiSettings {
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateAiSettings {
+    /// `openai_compatible` or `flowise`.
     pub provider: String,
+    /// An absolute http(s) URL of at most 2048 characters.
     pub base_url: String,
+    /// 1 to 200 characters.
     pub model: String,
     pub enabled: bool,
-    /// Write-only. Omit to keep the stored key.
+    /// Write-only, 1 to 4096 characters. Omit to keep the stored key.
     pub api_key: Option<String>,
 }
 
@@ -131,6 +138,7 @@ pub async fn put_ai_settings(
     if !matches!(body.provider.as_str(), "openai_compatible" | "flowise") {
         return Err(Error::validation("provider must be openai_compatible or flowise").into());
     }
+    at_most("base_url", &body.base_url, URL_MAX)?;
     let url = url::Url::parse(&body.base_url)
         .map_err(|_| Error::validation("base_url must be an absolute URL"))?;
     if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
@@ -138,16 +146,14 @@ pub async fn put_ai_settings(
     }
     // Refused now rather than at the first AI call: it would be refused then too.
     state.http.client.check(&body.base_url).await?;
-    if body.model.trim().is_empty() || body.model.len() > 200 {
+    if body.model.trim().is_empty() {
         return Err(Error::validation("model must be 1 to 200 characters").into());
     }
-    if body
-        .api_key
-        .as_ref()
-        .is_some_and(|k| k.trim().is_empty() || k.len() > 4096)
-    {
+    at_most("model", &body.model, NAME_MAX)?;
+    if body.api_key.as_ref().is_some_and(|k| k.trim().is_empty()) {
         return Err(Error::validation("api_key must be 1 to 4096 characters").into());
     }
+    at_most_opt("api_key", body.api_key.as_deref(), API_KEY_MAX)?;
     let tenant = auth.tenant()?;
     let mut tx = state.store.tenant(tenant).await?;
     let mut secret_id = tx.ai_settings().await?.and_then(|r| r.api_key_secret_id);

@@ -162,7 +162,8 @@ pub async fn delete_template(
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PreviewRequest {
-    /// Header, body and button parameters, exactly as a send takes them.
+    /// Header, body and button parameters, exactly as a send takes them (each text parameter
+    /// 1 to 1024 characters, and as many as the template has placeholders).
     #[serde(default)]
     #[schema(value_type = Vec<Object>)]
     pub components: Vec<Value>,

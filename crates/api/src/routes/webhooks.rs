@@ -2,14 +2,12 @@
 //! verified in constant time before anything is parsed, then committed to the tenant's inbox
 //! (with its processing job) before the 200. A bad or missing signature stores nothing.
 
-use std::{
-    collections::{BTreeMap, BTreeSet, HashMap},
-    net::SocketAddr,
-};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use axum::{
+    Extension,
     body::Bytes,
-    extract::{ConnectInfo, Query, State},
+    extract::{Query, State},
     http::{HeaderMap, StatusCode},
     response::{IntoResponse, Response},
 };
@@ -20,7 +18,9 @@ use waypost_providers::{
 };
 use waypost_store::ChannelRoute;
 
-use crate::{ApiError, AppState, problem::ApiPath, routes::channels::secret_purpose};
+use crate::{
+    ApiError, AppState, client::ClientAddr, problem::ApiPath, routes::channels::secret_purpose,
+};
 
 fn rejected(provider: &'static str, reason: &'static str) -> Response {
     metrics::counter!("waypost_webhooks_rejected_total", "provider" => provider, "reason" => reason).increment(1);
@@ -325,11 +325,12 @@ pub async fn twilio_event(
     responses((status = OK, description = "Stored durably"), (status = FORBIDDEN)))]
 pub async fn gupshup_event(
     State(state): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    client: Option<Extension<ClientAddr>>,
     ApiPath((channel, presented)): ApiPath<(ChannelId, String)>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    if !state.webhooks.gupshup_source_allowed(peer.ip()) {
+    let client = client.map(|Extension(ClientAddr(ip))| ip);
+    if !state.webhooks.gupshup_source_allowed(client) {
         return Ok(rejected("gupshup", "source_not_allowed"));
     }
     let (route, expected) =

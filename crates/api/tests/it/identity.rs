@@ -14,17 +14,17 @@ use waypost_store::testkit::{TestDb, test_databases};
 
 use super::{Server, start, start_with};
 
-const PASSWORD: &str = "correct horse battery staple";
+pub(crate) const PASSWORD: &str = "correct horse battery staple";
 
 /// A signed-in browser: the session cookie and the CSRF token.
-struct Browser {
+pub(crate) struct Browser {
     cookie: String,
     csrf: String,
     body: Value,
 }
 
 impl Server {
-    async fn user(
+    pub(crate) async fn user(
         &self,
         email: &str,
         tenant: Option<(TenantId, Role)>,
@@ -40,7 +40,11 @@ impl Server {
         user.id
     }
 
-    async fn login(&self, email: &str, password: &str) -> (StatusCode, Option<Browser>, Value) {
+    pub(crate) async fn login(
+        &self,
+        email: &str,
+        password: &str,
+    ) -> (StatusCode, Option<Browser>, Value) {
         let resp = self
             .client
             .post(format!("{}/api/v1/auth/login", self.base))
@@ -68,7 +72,7 @@ impl Server {
         (status, browser, body)
     }
 
-    async fn as_browser(
+    pub(crate) async fn as_browser(
         &self,
         method: Method,
         path: &str,

@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod identity;
+mod limits;
 
 use std::time::Duration;
 
@@ -44,7 +45,19 @@ async fn start_with(db: TestDb, config: AuthConfig) -> Server {
         waypost_vault::Vault::open(store.clone(), waypost_vault::MasterKey::generate().unwrap())
             .await
             .unwrap();
-    let state = AppState::new(store.clone(), std::sync::Arc::new(vault), config).unwrap();
+    let mut state = AppState::new(store.clone(), std::sync::Arc::new(vault), config).unwrap();
+    // Fake providers listen on this machine.
+    state.http = waypost_outbound::provider::ProviderHttp::new(
+        waypost_egress::EgressClient::new(
+            waypost_egress::EgressPolicy::new(&["127.0.0.0/8"]).unwrap(),
+        )
+        .unwrap(),
+    );
+    tokio::spawn(state.queue_gauges.clone().run(
+        store.clone(),
+        Duration::from_millis(100),
+        shutdown.clone(),
+    ));
     tokio::spawn(waypost_api::serve(listener, state, shutdown.clone()));
     Server {
         base,
@@ -580,9 +593,17 @@ async fn operations_endpoints_report_health_readiness_and_metrics() {
             .await
             .unwrap();
         tx.commit().await.unwrap();
-        let (status, text) = server.call(Method::GET, "/metrics", None, None).await;
-        assert_eq!(status, StatusCode::OK);
-        let text = text.as_str().unwrap();
+        // The queue gauges are read in the background, every 100 ms here.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        let text = loop {
+            let (status, text) = server.call(Method::GET, "/metrics", None, None).await;
+            assert_eq!(status, StatusCode::OK);
+            let text = text.as_str().unwrap().to_string();
+            if text.contains("metrics.test") || tokio::time::Instant::now() > deadline {
+                break text;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
         assert!(
             text.contains(
                 "waypost_http_requests_total{method=\"GET\",route=\"/readyz\",status=\"200\"}"

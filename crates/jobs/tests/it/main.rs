@@ -18,7 +18,7 @@ use waypost_core::{ErrorCode, JobId, Timestamp};
 use waypost_jobs::{
     Backoff, Handler, JobContext, JobError, Recurring, Registry, Scheduler, Worker, WorkerConfig,
 };
-use waypost_store::{Enqueued, JobState, NewJob, Store, testkit::test_databases};
+use waypost_store::{Enqueued, JobKinds, JobState, NewJob, Store, testkit::test_databases};
 
 fn fast_config() -> WorkerConfig {
     WorkerConfig {
@@ -151,6 +151,54 @@ async fn transient_failures_are_retried_with_backoff() {
         stop.cancel();
         run.await.unwrap();
         assert_eq!(runs.load(Ordering::SeqCst), 3, "{:?}", db.flavor);
+    }
+}
+
+/// A rolling deploy: an older process meets a job kind only the newer release knows. It must
+/// leave the job alone (not fail it, not spend its attempts) until a process that knows it runs
+/// it.
+#[tokio::test]
+async fn a_worker_leaves_job_kinds_it_does_not_know_untouched() {
+    for db in test_databases().await {
+        let store = db.store().await;
+        let id = enqueue(
+            &store,
+            NewJob::new("newer.kind", ()).unwrap().max_attempts(2),
+        )
+        .await;
+        let older = Registry::new().register(
+            "flaky",
+            Flaky {
+                failures: 0,
+                runs: Arc::default(),
+            },
+        );
+        // Many polls (every 20 ms) with a job due all the while.
+        let (stop, run) = spawn_worker(&store, older);
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        stop.cancel();
+        run.await.unwrap();
+        let job = store.get_job(id).await.unwrap();
+        assert_eq!(
+            (job.state, job.attempts, job.last_error),
+            (JobState::Pending, 0, None),
+            "{:?}",
+            db.flavor
+        );
+
+        let runs = Arc::new(AtomicU32::new(0));
+        let newer = Registry::new().register(
+            "newer.kind",
+            Flaky {
+                failures: 0,
+                runs: runs.clone(),
+            },
+        );
+        let (stop, run) = spawn_worker(&store, newer);
+        eventually(20, "the newer process to run it", || is_gone(&store, id)).await;
+        stop.cancel();
+        run.await.unwrap();
+        assert_eq!(runs.load(Ordering::SeqCst), 1, "{:?}", db.flavor);
     }
 }
 
@@ -324,8 +372,10 @@ async fn heartbeats_keep_a_long_job_leased() {
             store.get_job(id).await.unwrap().attempts == 1
         })
         .await;
+        let slow = JobKinds::new(["slow"]);
         let thief = store.claim_jobs(
             "thief",
+            &slow,
             10,
             Duration::from_secs(3),
             Timestamp::now().plus(Duration::from_secs(4)),
@@ -452,7 +502,7 @@ async fn a_killed_worker_process_loses_its_job_only_until_the_lease_expires() {
 #[tokio::test]
 async fn audit_retention_prunes_old_records_and_leaves_a_verifiable_chain() {
     for db in test_databases().await {
-        let store = db.store().await;
+        let store = db.audited_store().await;
         let mut tx = store.platform().await.unwrap();
         let (keep, prune) = (
             tx.create_tenant("keeps").await.unwrap().id,
@@ -526,7 +576,13 @@ async fn a_job_whose_worker_keeps_dying_is_dead_lettered_unrun() {
         for _ in 0..2 {
             assert_eq!(
                 store
-                    .claim_jobs("ghost", 1, Duration::from_millis(1), now)
+                    .claim_jobs(
+                        "ghost",
+                        &JobKinds::new(["fatal"]),
+                        1,
+                        Duration::from_millis(1),
+                        now
+                    )
                     .await
                     .unwrap()
                     .len(),

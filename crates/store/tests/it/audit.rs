@@ -41,10 +41,89 @@ async fn tamper(db: &TestDb, store: &Store, sql: &'static str) {
     }
 }
 
+async fn append(store: &Store, t: waypost_core::TenantId, n: usize) {
+    for _ in 0..n {
+        let mut tx = store.tenant(t).await.unwrap();
+        tx.audit(event("settings.update", "u")).await.unwrap();
+        tx.commit().await.unwrap();
+    }
+}
+
+/// A deployment from before keyed chains: its SHA-256 records verify as the start of a chain
+/// and are counted, and keyed records continue from them. A SHA-256 record after a keyed one
+/// is what a forger without the key writes, and breaks the chain.
+#[tokio::test]
+async fn legacy_records_count_only_before_the_first_keyed_one() {
+    for db in test_databases().await {
+        let store = db.audited_store().await;
+        let t = tenant(&store).await;
+        append(&store, t, 2).await;
+        db.relink_audit_as_sha256(t, 1, true).await;
+        let report = store.verify_audit(Some(t)).await.unwrap();
+        assert_eq!(
+            (
+                report.records,
+                report.legacy_records,
+                report.first_broken_seq
+            ),
+            (2, 2, None),
+            "{:?}",
+            db.flavor
+        );
+
+        append(&store, t, 2).await;
+        let report = store.verify_audit(Some(t)).await.unwrap();
+        assert_eq!(
+            (
+                report.records,
+                report.legacy_records,
+                report.first_broken_seq
+            ),
+            (4, 2, None),
+            "{:?}",
+            db.flavor
+        );
+
+        let mut tx = store.tenant_read(t).await.unwrap();
+        let all = tx.list_audit(&AuditFilter::default(), 10).await.unwrap();
+        assert_eq!(
+            all.iter().map(|r| r.key_id.is_some()).collect::<Vec<_>>(),
+            [false, false, true, true]
+        );
+        db.relink_audit_as_sha256(t, 4, true).await;
+        assert_eq!(
+            store.verify_audit(Some(t)).await.unwrap().first_broken_seq,
+            Some(4),
+            "{:?}",
+            db.flavor
+        );
+    }
+}
+
+/// Editing a keyed record and recomputing its link the old way (plain SHA-256) keeps the
+/// chain's links consistent, but the key is not there to redo them: verification fails.
+#[tokio::test]
+async fn a_consistently_rehashed_edit_does_not_verify() {
+    for db in test_databases().await {
+        let store = db.audited_store().await;
+        let t = tenant(&store).await;
+        append(&store, t, 4).await;
+        db.execute_as_superuser("UPDATE audit_events SET actor_id = 'someone-else' WHERE seq = 2")
+            .await;
+        db.relink_audit_as_sha256(t, 2, false).await;
+        assert_eq!(
+            store.verify_audit(Some(t)).await.unwrap().first_broken_seq,
+            Some(2),
+            "{:?}",
+            db.flavor
+        );
+    }
+}
+
 #[tokio::test]
 async fn the_chain_verifies_and_an_edited_row_breaks_it_at_that_record() {
     for db in test_databases().await {
-        let store = db.store().await;
+        let store = db.audited_store().await;
         let t = tenant(&store).await;
         for i in 0..5 {
             let mut tx = store.tenant(t).await.unwrap();
@@ -82,7 +161,7 @@ async fn the_chain_verifies_and_an_edited_row_breaks_it_at_that_record() {
             "UPDATE audit_events SET actor_id = 'someone-else' WHERE seq = 3",
         )
         .await;
-        let store = db.store().await;
+        let store = db.audited_store().await;
         let report = store.verify_audit(Some(t)).await.unwrap();
         assert_eq!(report.first_broken_seq, Some(3), "{:?}", db.flavor);
     }
@@ -91,7 +170,7 @@ async fn the_chain_verifies_and_an_edited_row_breaks_it_at_that_record() {
 #[tokio::test]
 async fn deleting_the_newest_records_is_detected_but_retention_is_not_tampering() {
     for db in test_databases().await {
-        let store = db.store().await;
+        let store = db.audited_store().await;
         let t = tenant(&store).await;
         for _ in 0..4 {
             let mut tx = store.tenant(t).await.unwrap();
@@ -118,7 +197,7 @@ async fn deleting_the_newest_records_is_detected_but_retention_is_not_tampering(
         );
 
         tamper(&db, &store, "DELETE FROM audit_events WHERE seq = 7").await;
-        let store = db.store().await;
+        let store = db.audited_store().await;
         assert_eq!(
             store.verify_audit(Some(t)).await.unwrap().first_broken_seq,
             Some(7)
@@ -129,11 +208,11 @@ async fn deleting_the_newest_records_is_detected_but_retention_is_not_tampering(
 #[tokio::test]
 async fn concurrent_appends_to_one_chain_never_fork_it() {
     for db in test_databases().await {
-        let store = db.store().await;
+        let store = db.audited_store().await;
         let t = tenant(&store).await;
         let mut tasks = Vec::new();
         for w in 0..6 {
-            let store = db.store().await;
+            let store = db.audited_store().await;
             tasks.push(tokio::spawn(async move {
                 for i in 0..10 {
                     let mut tx = store.tenant(t).await.unwrap();
@@ -158,7 +237,7 @@ async fn concurrent_appends_to_one_chain_never_fork_it() {
 #[tokio::test]
 async fn the_platform_chain_records_events_without_a_tenant() {
     for db in test_databases().await {
-        let store = db.store().await;
+        let store = db.audited_store().await;
         for _ in 0..3 {
             let mut tx = store.platform().await.unwrap();
             tx.audit(event("auth.sign_in", "u")).await.unwrap();
@@ -181,7 +260,7 @@ async fn postgres_the_application_role_cannot_rewrite_audit_records() {
     let Some(db) = TestDb::postgres(Flavor::Postgres).await else {
         return;
     };
-    let store = db.store().await;
+    let store = db.audited_store().await;
     let t = tenant(&store).await;
     let mut tx = store.tenant(t).await.unwrap();
     tx.audit(event("x", "u")).await.unwrap();
@@ -198,7 +277,7 @@ async fn postgres_the_application_role_cannot_rewrite_audit_records() {
 #[tokio::test]
 async fn users_memberships_sessions_and_failures() {
     for db in test_databases().await {
-        let store = db.store().await;
+        let store = db.audited_store().await;
         let t = tenant(&store).await;
         let mut tx = store.platform().await.unwrap();
         let user = tx
@@ -258,24 +337,26 @@ async fn users_memberships_sessions_and_failures() {
         for _ in 0..3 {
             tx.record_auth_failure("ip:203.0.113.9", now).await.unwrap();
         }
-        assert_eq!(
-            tx.count_auth_failures(
+        tx.lock_auth_subject("ip:203.0.113.9").await.unwrap();
+        let window = tx
+            .auth_failures_since(
                 "ip:203.0.113.9",
-                now.minus(std::time::Duration::from_secs(60))
+                now.minus(std::time::Duration::from_secs(60)),
             )
             .await
-            .unwrap(),
-            3
-        );
+            .unwrap();
         assert_eq!(
-            tx.count_auth_failures(
+            (window.count, window.oldest, window.latest),
+            (3, Some(now), Some(now))
+        );
+        let later = tx
+            .auth_failures_since(
                 "ip:203.0.113.9",
-                now.plus(std::time::Duration::from_secs(1))
+                now.plus(std::time::Duration::from_secs(1)),
             )
             .await
-            .unwrap(),
-            0
-        );
+            .unwrap();
+        assert_eq!((later.count, later.latest), (0, None));
         tx.commit().await.unwrap();
     }
 }
@@ -283,10 +364,10 @@ async fn users_memberships_sessions_and_failures() {
 #[tokio::test]
 async fn verifying_while_records_are_appended_is_not_mistaken_for_tampering() {
     for db in test_databases().await {
-        let store = db.store().await;
+        let store = db.audited_store().await;
         let t = tenant(&store).await;
         let writer = {
-            let store = db.store().await;
+            let store = db.audited_store().await;
             tokio::spawn(async move {
                 for _ in 0..300 {
                     let mut tx = store.tenant(t).await.unwrap();

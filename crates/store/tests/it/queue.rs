@@ -5,9 +5,14 @@ use std::{
 };
 
 use waypost_core::{ErrorCode, Timestamp};
-use waypost_store::{Enqueued, JobState, NewJob, Store, testkit::test_databases};
+use waypost_store::{Enqueued, JobKinds, JobState, NewJob, Store, testkit::test_databases};
 
 const LEASE: Duration = Duration::from_secs(30);
+
+/// Every kind these tests enqueue.
+fn kinds() -> JobKinds {
+    JobKinds::new(["t", "nightly", "bulk"])
+}
 
 async fn enqueue(store: &Store, job: NewJob) -> Enqueued {
     let mut tx = store.platform().await.unwrap();
@@ -25,7 +30,7 @@ async fn enqueue_is_transactional_and_deduplicated() {
         tx.rollback().await.unwrap();
         assert!(
             store
-                .claim_jobs("w", 10, LEASE, Timestamp::now())
+                .claim_jobs("w", &kinds(), 10, LEASE, Timestamp::now())
                 .await
                 .unwrap()
                 .is_empty()
@@ -38,7 +43,7 @@ async fn enqueue_is_transactional_and_deduplicated() {
 
         // Still deduplicating once done, until pruned.
         let claimed = store
-            .claim_jobs("w", 10, LEASE, Timestamp::now())
+            .claim_jobs("w", &kinds(), 10, LEASE, Timestamp::now())
             .await
             .unwrap();
         assert_eq!(claimed.len(), 1);
@@ -72,20 +77,23 @@ async fn leases_hide_jobs_and_expire_and_fence_stale_workers() {
             panic!("not created")
         };
         let now = Timestamp::now();
-        let first = store.claim_jobs("a", 10, LEASE, now).await.unwrap();
+        let first = store
+            .claim_jobs("a", &kinds(), 10, LEASE, now)
+            .await
+            .unwrap();
         assert_eq!(first.len(), 1);
         assert_eq!(first[0].attempts, 1);
         // Leased: invisible to others until the lease runs out.
         assert!(
             store
-                .claim_jobs("b", 10, LEASE, now)
+                .claim_jobs("b", &kinds(), 10, LEASE, now)
                 .await
                 .unwrap()
                 .is_empty()
         );
         let after_expiry = now.plus(LEASE).plus(Duration::from_millis(1));
         let second = store
-            .claim_jobs("b", 10, LEASE, after_expiry)
+            .claim_jobs("b", &kinds(), 10, LEASE, after_expiry)
             .await
             .unwrap();
         assert_eq!(second.len(), 1, "{:?}", db.flavor);
@@ -125,13 +133,17 @@ async fn delayed_jobs_wait_for_their_time() {
         enqueue(&store, NewJob::new("t", ()).unwrap().run_at(later)).await;
         assert!(
             store
-                .claim_jobs("w", 10, LEASE, Timestamp::now())
+                .claim_jobs("w", &kinds(), 10, LEASE, Timestamp::now())
                 .await
                 .unwrap()
                 .is_empty()
         );
         assert_eq!(
-            store.claim_jobs("w", 10, LEASE, later).await.unwrap().len(),
+            store
+                .claim_jobs("w", &kinds(), 10, LEASE, later)
+                .await
+                .unwrap()
+                .len(),
             1
         );
     }
@@ -148,7 +160,7 @@ async fn failures_retry_then_dead_letter_and_replay() {
         };
         let now = Timestamp::now();
         let job = store
-            .claim_jobs("w", 1, LEASE, now)
+            .claim_jobs("w", &kinds(), 1, LEASE, now)
             .await
             .unwrap()
             .remove(0);
@@ -164,14 +176,14 @@ async fn failures_retry_then_dead_letter_and_replay() {
         );
         assert!(
             store
-                .claim_jobs("w", 1, LEASE, now)
+                .claim_jobs("w", &kinds(), 1, LEASE, now)
                 .await
                 .unwrap()
                 .is_empty()
         );
 
         let job = store
-            .claim_jobs("w", 1, LEASE, retry_at)
+            .claim_jobs("w", &kinds(), 1, LEASE, retry_at)
             .await
             .unwrap()
             .remove(0);
@@ -185,7 +197,7 @@ async fn failures_retry_then_dead_letter_and_replay() {
         assert_eq!(dead[0].id, id);
         assert!(
             store
-                .claim_jobs("w", 1, LEASE, retry_at.plus(LEASE))
+                .claim_jobs("w", &kinds(), 1, LEASE, retry_at.plus(LEASE))
                 .await
                 .unwrap()
                 .is_empty()
@@ -204,7 +216,7 @@ async fn failures_retry_then_dead_letter_and_replay() {
             ErrorCode::Conflict
         );
         let job = store
-            .claim_jobs("w", 1, LEASE, Timestamp::now())
+            .claim_jobs("w", &kinds(), 1, LEASE, Timestamp::now())
             .await
             .unwrap()
             .remove(0);
@@ -220,8 +232,14 @@ async fn release_and_heartbeat_act_only_on_the_owners_leases() {
             enqueue(&store, NewJob::new("t", ()).unwrap()).await;
         }
         let now = Timestamp::now();
-        let mine = store.claim_jobs("me", 2, LEASE, now).await.unwrap();
-        let theirs = store.claim_jobs("them", 2, LEASE, now).await.unwrap();
+        let mine = store
+            .claim_jobs("me", &kinds(), 2, LEASE, now)
+            .await
+            .unwrap();
+        let theirs = store
+            .claim_jobs("them", &kinds(), 2, LEASE, now)
+            .await
+            .unwrap();
         assert_eq!((mine.len(), theirs.len()), (2, 1));
         let until = now.plus(LEASE * 4);
         assert!(store.extend_lease(&mine[0], until).await.unwrap());
@@ -237,7 +255,7 @@ async fn release_and_heartbeat_act_only_on_the_owners_leases() {
         let released = store.get_job(mine[1].id).await.unwrap();
         assert_eq!(released.attempts, 0, "a released attempt does not count");
         let again = store
-            .claim_jobs("other", 10, LEASE, Timestamp::now())
+            .claim_jobs("other", &kinds(), 10, LEASE, Timestamp::now())
             .await
             .unwrap();
         assert_eq!(again.len(), 2, "{:?}", db.flavor);
@@ -265,7 +283,7 @@ async fn concurrent_claimers_complete_every_job_exactly_once() {
                 let owner = format!("w{w}");
                 loop {
                     let jobs = store
-                        .claim_jobs(&owner, 4, LEASE, Timestamp::now())
+                        .claim_jobs(&owner, &kinds(), 4, LEASE, Timestamp::now())
                         .await
                         .unwrap();
                     if jobs.is_empty() {
@@ -342,7 +360,7 @@ async fn many_jobs_enqueue_in_one_statement_and_still_deduplicate() {
         assert_eq!(tx.enqueue_many(again).await.unwrap(), 1, "{:?}", db.flavor);
         tx.commit().await.unwrap();
         let claimed = store
-            .claim_jobs("w", 1000, LEASE, Timestamp::now())
+            .claim_jobs("w", &kinds(), 1000, LEASE, Timestamp::now())
             .await
             .unwrap();
         assert_eq!(claimed.len(), 302);

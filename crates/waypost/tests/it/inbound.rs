@@ -796,6 +796,74 @@ async fn a_standalone_simulator_feeds_a_channel() {
     crate::process::assert_one_line_error(&out, "cannot reach the simulator");
 }
 
+/// Behind a reverse proxy the allowlist is checked against the client the proxy names, and
+/// only when the proxy is trusted: anyone else could claim an allowed address.
+#[tokio::test]
+async fn the_gupshup_allowlist_believes_forwarded_addresses_only_from_trusted_proxies() {
+    let body = br#"{"app":"DemoApp","timestamp":1580227766370,"version":2,"type":"message","payload":{"id":"ABEG9","source":"918898000214","type":"text","payload":{"text":"Hi"},"sender":{"phone":"918898000214","name":"Andy"}}}"#;
+    for db in test_databases().await {
+        let allowed = ("WAYPOST_GUPSHUP__ALLOWED_IPS", "203.0.113.7");
+        let (scratch, server, key) = serve_with(
+            &db.url,
+            &[allowed, ("WAYPOST_HTTP__TRUSTED_PROXIES", "127.0.0.1")],
+        );
+        let client = reqwest::Client::new();
+        let channel: Value = client.post(server.url("/api/v1/channels")).bearer_auth(&key)
+            .json(&json!({"provider": "gupshup", "name": "G", "display_number": "+918898000000", "api_key": "gs-key-1234"}))
+            .send().await.unwrap().json().await.unwrap();
+        let callback = channel["webhook"]["callback_url"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let post = |forwarded: Option<&'static str>| {
+            let mut request = client.post(&callback).body(body.to_vec());
+            if let Some(forwarded) = forwarded {
+                request = request.header("x-forwarded-for", forwarded);
+            }
+            async move { request.send().await.unwrap().status().as_u16() }
+        };
+        for (forwarded, expected) in [
+            (None, 403),
+            (Some("198.51.100.1"), 403),
+            // The client wrote the left entry; the proxy saw 198.51.100.1.
+            (Some("203.0.113.7, 198.51.100.1"), 403),
+            (Some("203.0.113.7"), 200),
+        ] {
+            assert_eq!(
+                post(forwarded).await,
+                expected,
+                "{:?} {forwarded:?}",
+                db.flavor
+            );
+        }
+        drop(server);
+
+        // The same header from a peer that is not a trusted proxy proves nothing.
+        let args = [
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--database-url",
+            &db.url,
+        ];
+        let env = [allowed, ("WAYPOST_HTTP__TRUSTED_PROXIES", "10.0.0.1")];
+        let server = Server::start(&scratch.0, &args, &env);
+        let callback = callback.replace(
+            callback.split("/webhooks").next().unwrap(),
+            server.base.as_deref().unwrap(),
+        );
+        let status = client
+            .post(&callback)
+            .header("x-forwarded-for", "203.0.113.7")
+            .body(body.to_vec())
+            .send()
+            .await
+            .unwrap()
+            .status();
+        assert_eq!(status, 403, "{:?}", db.flavor);
+    }
+}
+
 /// Gupshup signs nothing: besides the secret in the callback URL, the operator may accept its
 /// webhooks only from Gupshup's addresses. A refused one stores nothing.
 #[tokio::test]
