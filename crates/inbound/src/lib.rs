@@ -6,19 +6,15 @@
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
-use waypost_core::{ContactId, Error, ErrorCode, InboxId, MessageId, Timestamp};
+use waypost_core::{ContactId, Error, ErrorCode, InboxId, Timestamp};
 use waypost_jobs::{Handler, JobContext, JobError};
-use waypost_outbound::{
-    OutboundContent, QueueRequest, Recipient, provider::explain, send::record_marketing_stop,
-};
-use waypost_providers::{
-    ChannelRef, InboundEvent, InboundMessage, MessageContent, StatusUpdate, UserRef, bird, gupshup,
-    meta, twilio,
-};
+use waypost_outbound::{OutboundContent, QueueRequest, Recipient};
+use waypost_providers::{ChannelRef, InboundEvent, MessageContent, UserRef};
 use waypost_store::{
-    Channel, ConsentSettings, ContactIdentity, InboxEntry, LANE_TRANSACTIONAL, MARKETING,
-    NewInboundMessage, NewJob, StatusChange, StatusOutcome, TemplateChange, TenantScope, Tx,
+    Channel, ConsentSettings, ContactIdentity, LANE_TRANSACTIONAL, NewJob, TenantScope, Tx,
 };
+
+mod batch;
 
 pub const PROCESS_KIND: &str = "inbound.process";
 
@@ -108,130 +104,23 @@ fn reported_at(provider_ms: i64, received_at: Timestamp) -> Timestamp {
     Timestamp::from_millis(provider_ms).min(received_at)
 }
 
-/// Processes one inbox entry inside `tx` (which belongs to the entry's tenant).
+/// Processes one inbox entry inside `tx` (which belongs to the entry's tenant); an entry
+/// already processed does nothing.
 pub async fn process(tx: &mut Tx<TenantScope>, inbox_id: InboxId) -> Result<Processed, Error> {
-    let entry = tx.inbox_entry(inbox_id).await?;
-    let mut done = Processed::default();
-    if entry.processed_at.is_some() {
-        return Ok(done);
+    process_batch(tx, &[inbox_id]).await
+}
+
+/// Processes stored webhooks together inside `tx` (of their tenant): those already processed
+/// (a job run twice) are skipped.
+pub async fn process_batch(
+    tx: &mut Tx<TenantScope>,
+    inbox_ids: &[InboxId],
+) -> Result<Processed, Error> {
+    let entries = tx.unprocessed_inbox(inbox_ids).await?;
+    if entries.is_empty() {
+        return Ok(Processed::default());
     }
-    let channel = tx.get_channel(entry.channel_id).await?;
-    let consent = tx.consent_settings().await?;
-    let events = match entry.provider.as_str() {
-        "meta" | "360dialog" => meta::parse(&entry.body).map_err(|e| {
-            Error::new(
-                ErrorCode::ValidationFailed,
-                format!("unreadable webhook body: {e}"),
-            )
-        })?,
-        "twilio" => twilio::parse(&twilio::form_pairs(&entry.body)),
-        "gupshup" => gupshup::parse(&entry.body).map_err(|e| {
-            Error::new(
-                ErrorCode::ValidationFailed,
-                format!("unreadable webhook body: {e}"),
-            )
-        })?,
-        "bird" => bird::parse(&entry.body).map_err(|e| {
-            Error::new(
-                ErrorCode::ValidationFailed,
-                format!("unreadable webhook body: {e}"),
-            )
-        })?,
-        other => {
-            return Err(Error::new(
-                ErrorCode::ValidationFailed,
-                format!("no parser for provider {other}"),
-            ));
-        }
-    };
-    for event in events {
-        if !belongs_to(&channel, &event) {
-            continue;
-        }
-        match event {
-            InboundEvent::Message(message) => {
-                match store_message(tx, entry.channel_id, &message, entry.received_at).await? {
-                    Some(contact) => {
-                        done.messages += 1;
-                        if let Some(action) = keyword_action(&consent, &message.content) {
-                            let at = message
-                                .sent_at_ms
-                                .map_or(entry.received_at, |ms| reported_at(ms, entry.received_at));
-                            tx.record_consent(contact, MARKETING, action, "keyword", None, at)
-                                .await?;
-                            done.consent_changes += 1;
-                            if let Some(reply) = &consent.confirmation_reply {
-                                confirm(tx, &channel, &message.from, reply).await?;
-                            }
-                        }
-                    }
-                    None => done.duplicates += 1,
-                }
-            }
-            InboundEvent::UserPreference(pref) => {
-                // Meta's marketing preference signal: the user stopped or resumed marketing.
-                let action = match pref.value.as_deref() {
-                    Some("stop") => Some("opt_out"),
-                    Some("resume") => Some("opt_in"),
-                    _ => None,
-                };
-                let payload = serde_json::to_value(&pref)
-                    .map_err(|e| Error::internal("serializing a preference", e))?;
-                tx.record_channel_event(entry.channel_id, "user_preferences", &payload)
-                    .await?;
-                if let (Some(action), true) = (action, pref.user.is_identified()) {
-                    let contact = tx.upsert_contact(&identity(&pref.user)).await?;
-                    let at = pref
-                        .at_ms
-                        .map_or(entry.received_at, |ms| reported_at(ms, entry.received_at));
-                    tx.record_consent(
-                        contact,
-                        MARKETING,
-                        action,
-                        "meta_signal",
-                        pref.category.as_deref(),
-                        at,
-                    )
-                    .await?;
-                    done.consent_changes += 1;
-                }
-                done.other_events += 1;
-            }
-            InboundEvent::Status(status) => {
-                apply_status(tx, &entry, &status).await?;
-                done.statuses += 1;
-            }
-            InboundEvent::Template(update) => {
-                // Status, quality and category changes update the stored template; the
-                // notice itself is kept too.
-                tx.apply_template_change(
-                    entry.channel_id,
-                    &TemplateChange {
-                        provider_template_id: update.template_id.clone(),
-                        name: update.name.clone(),
-                        language: update.language.clone(),
-                        status: update.status.clone(),
-                        quality: update.quality.clone(),
-                        category: update.category.clone(),
-                        reason: update.reason.clone(),
-                    },
-                )
-                .await?;
-                let (kind, payload) = describe(&InboundEvent::Template(update));
-                tx.record_channel_event(entry.channel_id, &kind, &payload)
-                    .await?;
-                done.other_events += 1;
-            }
-            other => {
-                let (kind, payload) = describe(&other);
-                tx.record_channel_event(entry.channel_id, &kind, &payload)
-                    .await?;
-                done.other_events += 1;
-            }
-        }
-    }
-    tx.mark_processed(inbox_id).await?;
-    Ok(done)
+    batch::process_entries(tx, &entries).await
 }
 
 /// Erases a contact and every copy of it (`Tx::delete_contact`). Webhooks that mention it and
@@ -297,95 +186,6 @@ fn kind_of(content: &MessageContent) -> String {
         .ok()
         .and_then(|v| v.get("type").and_then(|t| t.as_str()).map(str::to_string))
         .unwrap_or_else(|| "unknown".into())
-}
-
-/// Stores a message; the contact's id when it was new, `None` for a duplicate.
-async fn store_message(
-    tx: &mut Tx<TenantScope>,
-    channel: waypost_core::ChannelId,
-    message: &InboundMessage,
-    received_at: Timestamp,
-) -> Result<Option<ContactId>, Error> {
-    let contact = tx.upsert_contact(&identity(&message.from)).await?;
-    let sent_at = message.sent_at_ms.map(|ms| reported_at(ms, received_at));
-    let conversation = tx
-        .touch_conversation(channel, contact, Some(sent_at.unwrap_or(received_at)))
-        .await?;
-    let content = serde_json::to_value(&message.content)
-        .map_err(|e| Error::internal("serializing a message", e))?;
-    let referral = message
-        .referral
-        .as_ref()
-        .map(serde_json::to_value)
-        .transpose()
-        .map_err(|e| Error::internal("serializing a referral", e))?;
-    let inserted = tx
-        .insert_inbound_message(NewInboundMessage {
-            conversation_id: conversation,
-            provider_message_id: message.provider_message_id.clone(),
-            kind: kind_of(&message.content),
-            content,
-            referral,
-            reply_to: message.context.as_ref().and_then(|c| c.message_id.clone()),
-            sent_at,
-        })
-        .await?;
-    Ok(inserted.map(|_| contact))
-}
-
-async fn apply_status(
-    tx: &mut Tx<TenantScope>,
-    entry: &InboxEntry,
-    status: &StatusUpdate,
-) -> Result<(), Error> {
-    let (channel, provider) = (entry.channel_id, entry.provider.as_str());
-    let at = status.at_ms.map(|ms| reported_at(ms, entry.received_at));
-    // A status outside sent < delivered < read < played < failed is kept, not applied.
-    let Some(rank) = status.status.rank() else {
-        let payload =
-            serde_json::to_value(status).map_err(|e| Error::internal("serializing a status", e))?;
-        return tx.record_channel_event(channel, "status", &payload).await;
-    };
-    let name = serde_json::to_value(&status.status)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_string))
-        .unwrap_or_default();
-    // 131050: the user stopped marketing messages; record it as their choice.
-    if status.errors.iter().any(|e| e.code == Some(131_050)) && status.recipient.is_identified() {
-        let contact = tx.upsert_contact(&identity(&status.recipient)).await?;
-        record_marketing_stop(tx, contact, at.unwrap_or(entry.received_at)).await?;
-    }
-    // The same shape as a refused send: the first error, explained, and all of them.
-    let error = status.errors.first().map(|first| {
-        serde_json::json!({
-            "provider": provider,
-            "code": first.code,
-            "message": first.details.clone().or_else(|| first.message.clone()),
-            "explanation": explain(provider, first.code),
-            "errors": status.errors,
-        })
-    });
-    let outcome = tx
-        .apply_status(&StatusChange {
-            provider_message_id: status.provider_message_id.clone(),
-            status: name,
-            rank: i64::from(rank),
-            at,
-            error,
-        })
-        .await?;
-    // A status for a message we know by no provider id may echo our own id: it settles an
-    // attempt whose answer we never got (and applies the status just kept pending).
-    if outcome == StatusOutcome::Pending
-        && let Some(id) = status
-            .biz_opaque_callback_data
-            .as_deref()
-            .and_then(|d| d.parse::<MessageId>().ok())
-    {
-        tx.reconcile_outbound(id, &status.provider_message_id)
-            .await?;
-    }
-    Ok(())
 }
 
 /// The tenant's confirmation after a keyword changed consent, sent as a reply in the
@@ -454,21 +254,14 @@ impl Handler for ProcessInboxHandler {
             .ok_or_else(|| JobError::Permanent("inbound job without a tenant".into()))?;
         let ids = job.ids();
         let mut tx = ctx.store().tenant(tenant).await?;
-        let mut failure = None;
-        for id in &ids {
-            match process(&mut tx, *id).await {
-                Ok(processed) => tracing::debug!(inbox = %id, ?processed, "webhook processed"),
-                Err(err) => {
-                    failure = Some(err);
-                    break;
-                }
+        match process_batch(&mut tx, &ids).await {
+            Ok(processed) => {
+                tracing::debug!(batch = ids.len(), ?processed, "webhooks processed");
+                ctx.complete_with(tx).await?;
             }
-        }
-        match failure {
-            None => ctx.complete_with(tx).await?,
             // One bad body must not hold the others back: the batch is split into one job
             // per webhook, so only the bad one fails (and is dead-lettered for a look).
-            Some(err) if ids.len() > 1 && err.code() == ErrorCode::ValidationFailed => {
+            Err(err) if ids.len() > 1 && err.code() == ErrorCode::ValidationFailed => {
                 drop(tx);
                 tracing::warn!(error = %err, batch = ids.len(), "splitting a webhook batch");
                 let mut tx = ctx.store().tenant(tenant).await?;
@@ -479,7 +272,7 @@ impl Handler for ProcessInboxHandler {
                 tx.enqueue_many(singles).await?;
                 ctx.complete_with(tx).await?;
             }
-            Some(err) => return Err(err.into()),
+            Err(err) => return Err(err.into()),
         }
         Ok(())
     }

@@ -6,6 +6,7 @@
 mod api_keys;
 mod audit;
 mod audit_keys;
+mod batch;
 mod connect;
 mod contacts;
 mod erasure;

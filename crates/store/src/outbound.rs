@@ -280,6 +280,12 @@ impl Tx<Tenant> {
     ) -> Result<()> {
         let tenant = self.tenant();
         let now = Timestamp::now().as_millis();
+        // In id order, locked first: status processing takes message locks in the same order,
+        // so the two never wait on each other in a cycle.
+        self.lock_messages(outcomes.iter().map(|(id, _)| *id.as_uuid()))
+            .await?;
+        let mut outcomes: Vec<&(MessageId, SendOutcome)> = outcomes.iter().collect();
+        outcomes.sort_by_key(|(id, _)| *id);
         for (id, outcome) in outcomes {
             let (status, rank, error, provider_id, sent_at) = match outcome {
                 SendOutcome::Accepted {

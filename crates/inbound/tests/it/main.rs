@@ -3,6 +3,8 @@
 // Test code: a failed unwrap is a failed test, with the value in the message.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod contention;
+
 use waypost_core::{ChannelId, TenantId};
 use waypost_inbound::{Processed, process};
 use waypost_store::{
@@ -18,7 +20,7 @@ fn fixture(name: &str) -> Vec<u8> {
     .unwrap()
 }
 
-async fn channel(store: &Store) -> (TenantId, ChannelId) {
+pub(crate) async fn channel(store: &Store) -> (TenantId, ChannelId) {
     let mut tx = store.platform().await.unwrap();
     let tenant = tx.create_tenant("Acme").await.unwrap().id;
     let (tx, channel) = tx
