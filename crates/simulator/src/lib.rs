@@ -61,6 +61,9 @@ pub struct SimulatorConfig {
     pub failure_code: i64,
     /// Pause between the `sent`, `delivered` and `read` statuses.
     pub status_delay: Duration,
+    /// How long a webhook the receiver does not take is retried, with decreasing frequency
+    /// (Meta: up to 7 days; tests shorten it).
+    pub retry_window: Duration,
 }
 
 impl Default for SimulatorConfig {
@@ -79,6 +82,7 @@ impl Default for SimulatorConfig {
             failure_rate: 0.0,
             failure_code: 131_026,
             status_delay: Duration::from_millis(200),
+            retry_window: Duration::from_secs(7 * 24 * 3600),
         }
     }
 }
@@ -98,7 +102,10 @@ pub struct Stats {
     pub uploaded_bytes: u64,
     pub reads: u64,
     pub webhooks_delivered: u64,
+    /// Deliveries the receiver did not take (each retry counts).
     pub webhooks_failed: u64,
+    /// Webhooks given up on after the retry window.
+    pub webhooks_dropped: u64,
 }
 
 /// A number the simulator serves, with its throughput bucket.
@@ -348,15 +355,26 @@ impl Simulator {
         status
     }
 
-    /// Like Meta, retries a webhook the receiver did not take (here for about a minute).
+    /// Like Meta, retries a webhook the receiver did not take, with decreasing frequency
+    /// (the pause doubles up to an hour) for the retry window; then it is counted as dropped.
     async fn deliver_with_retries(&self, phone_number_id: &str, value: &Value) {
+        let window = self
+            .with(|i| i.config.retry_window)
+            .unwrap_or(Duration::from_secs(60));
+        let give_up = Instant::now() + window;
         let mut pause = Duration::from_millis(200);
-        for _ in 0..20 {
+        loop {
             if self.deliver(phone_number_id, value).await == 200 {
                 return;
             }
-            tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(Duration::from_secs(5));
+            let now = Instant::now();
+            if now >= give_up {
+                self.with(|i| i.stats.webhooks_dropped += 1);
+                tracing::warn!("simulator gave up on a webhook after its retry window");
+                return;
+            }
+            tokio::time::sleep(pause.min(give_up - now)).await;
+            pause = (pause * 2).min(Duration::from_secs(3600));
         }
     }
 

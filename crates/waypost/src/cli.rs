@@ -97,6 +97,10 @@ pub struct SimulatorArgs {
     /// Require this token on the control routes (inject, stats, numbers, faults).
     #[arg(long)]
     pub token: Option<String>,
+    /// How long a webhook Waypost does not take is retried, less and less often (Meta: up to
+    /// 7 days).
+    #[arg(long, default_value_t = 7 * 24 * 3600)]
+    pub retry_window_secs: u64,
 }
 
 #[derive(Debug, Subcommand)]

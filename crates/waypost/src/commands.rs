@@ -723,6 +723,7 @@ async fn simulator(config: &Config, args: SimulatorArgs) -> Result<()> {
                 failure_rate: args.failure_rate,
                 failure_code: args.failure_code,
                 control_token: args.token,
+                retry_window: std::time::Duration::from_secs(args.retry_window_secs),
                 ..waypost_simulator::SimulatorConfig::default()
             });
             let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {

@@ -312,3 +312,80 @@ async fn any_message_type_can_be_injected_with_its_meta_object() {
         matches!(&events[1], InboundEvent::Message(m) if matches!(&m.content, MessageContent::Order { items, .. } if items.len() == 1))
     );
 }
+
+/// A receiver that answers 503 to the first `refuse` webhooks, then 200; counts every call.
+async fn flaky_receiver(refuse: usize) -> (String, Arc<Mutex<Vec<std::time::Instant>>>) {
+    let calls: Arc<Mutex<Vec<std::time::Instant>>> = Arc::default();
+    let log = calls.clone();
+    let app = axum::Router::new().route(
+        "/hook",
+        post(move || {
+            let log = log.clone();
+            async move {
+                let mut calls = log.lock().unwrap();
+                calls.push(std::time::Instant::now());
+                if calls.len() <= refuse {
+                    axum::http::StatusCode::SERVICE_UNAVAILABLE
+                } else {
+                    axum::http::StatusCode::OK
+                }
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (url, calls)
+}
+
+#[tokio::test]
+async fn statuses_a_receiver_refuses_are_retried_less_and_less_often_within_the_window() {
+    // A slow receiver is not a loss: retried with growing pauses until it takes the webhook.
+    let (url, calls) = flaky_receiver(4).await;
+    let (base, sim) = start(SimulatorConfig {
+        retry_window: Duration::from_secs(30),
+        ..config(url)
+    })
+    .await;
+    let client = reqwest::Client::new();
+    let (status, _) = send(
+        &client,
+        &base,
+        json!({"messaging_product": "whatsapp", "to": "15550100001",
+        "type": "template", "template": {"name": "hello_world", "language": {"code": "en_US"}}}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while sim.stats().webhooks_delivered < 3 {
+        assert!(std::time::Instant::now() < deadline, "{:?}", sim.stats());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let times = calls.lock().unwrap().clone();
+    let gaps: Vec<Duration> = times.windows(2).map(|w| w[1] - w[0]).take(4).collect();
+    assert!(
+        gaps.windows(2).all(|g| g[1] > g[0]),
+        "pauses grow: {gaps:?}"
+    );
+    assert_eq!(sim.stats().webhooks_dropped, 0);
+
+    // Past the window it is given up on, and counted as such.
+    let (url, _) = flaky_receiver(usize::MAX).await;
+    let (base, sim) = start(SimulatorConfig {
+        retry_window: Duration::from_millis(700),
+        ..config(url)
+    })
+    .await;
+    send(
+        &client,
+        &base,
+        json!({"messaging_product": "whatsapp", "to": "15550100001",
+        "type": "template", "template": {"name": "hello_world", "language": {"code": "en_US"}}}),
+    )
+    .await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while sim.stats().webhooks_dropped < 3 {
+        assert!(std::time::Instant::now() < deadline, "{:?}", sim.stats());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
