@@ -22,7 +22,7 @@ use crate::{
 /// One event and the stored webhook it came in.
 struct Item<'e, T> {
     entry: &'e InboxEntry,
-    event: T,
+    event: &'e T,
 }
 
 /// What a batch will write, by kind.
@@ -55,29 +55,45 @@ fn parse(entry: &InboxEntry) -> Result<Vec<InboundEvent>, Error> {
     }
 }
 
+/// Stored webhooks and their events, parsed before any write: on SQLite, parsing outside the
+/// write transaction keeps the one writer free for acknowledgements.
+pub(crate) struct Parsed {
+    entries: Vec<(InboxEntry, Vec<InboundEvent>)>,
+}
+
+impl Parsed {
+    pub(crate) fn of(entries: Vec<InboxEntry>) -> Result<Self, Error> {
+        let entries = entries
+            .into_iter()
+            .map(|entry| {
+                let events = parse(&entry)?;
+                Ok((entry, events))
+            })
+            .collect::<Result<_, Error>>()?;
+        Ok(Self { entries })
+    }
+
+    /// Keeps only the entries still unprocessed (another run of the job may have done some).
+    fn retain(&mut self, unprocessed: &[InboxEntry]) {
+        self.entries
+            .retain(|(entry, _)| unprocessed.iter().any(|u| u.id == entry.id));
+    }
+}
+
 impl<'e> Plan<'e> {
-    fn of(
-        entries: &'e [InboxEntry],
-        channels: &HashMap<ChannelId, Channel>,
-    ) -> Result<Self, Error> {
+    fn of(parsed: &'e Parsed, channels: &HashMap<ChannelId, Channel>) -> Result<Self, Error> {
         let mut plan = Plan::default();
-        for entry in entries {
+        for (entry, events) in &parsed.entries {
             let channel = channels
                 .get(&entry.channel_id)
                 .ok_or_else(|| Error::internal("planning a batch", "a channel is missing"))?;
-            for event in parse(entry)? {
-                if !belongs_to(channel, &event) {
+            for event in events {
+                if !belongs_to(channel, event) {
                     continue;
                 }
                 match event {
-                    InboundEvent::Message(event) => plan.messages.push(Item {
-                        entry,
-                        event: *event,
-                    }),
-                    InboundEvent::Status(event) => plan.statuses.push(Item {
-                        entry,
-                        event: *event,
-                    }),
+                    InboundEvent::Message(event) => plan.messages.push(Item { entry, event }),
+                    InboundEvent::Status(event) => plan.statuses.push(Item { entry, event }),
                     event => plan.others.push(Item { entry, event }),
                 }
             }
@@ -92,9 +108,9 @@ impl<'e> Plan<'e> {
         let stopped = self
             .statuses
             .iter()
-            .filter(|s| opted_out_by(&s.event))
+            .filter(|s| opted_out_by(s.event))
             .map(|s| identity(&s.event.recipient));
-        let preferring = self.others.iter().filter_map(|o| match &o.event {
+        let preferring = self.others.iter().filter_map(|o| match o.event {
             InboundEvent::UserPreference(p) if preference_action(p).is_some() => {
                 Some(identity(&p.user))
             }
@@ -146,18 +162,25 @@ impl Contacts {
     }
 }
 
-/// The stored webhooks `entries` (unprocessed, of this tenant), processed in `tx`.
-pub(crate) async fn process_entries(
+/// Writes what `parsed` holds in `tx`, for the entries still unprocessed (locked on
+/// PostgreSQL), and marks them processed.
+pub(crate) async fn write(
     tx: &mut Tx<TenantScope>,
-    entries: &[InboxEntry],
+    mut parsed: Parsed,
 ) -> Result<Processed, Error> {
+    let ids: Vec<_> = parsed.entries.iter().map(|(e, _)| e.id).collect();
+    let unprocessed = tx.unprocessed_inbox(&ids).await?;
+    parsed.retain(&unprocessed);
+    if parsed.entries.is_empty() {
+        return Ok(Processed::default());
+    }
     let mut channels = HashMap::new();
-    for entry in entries {
+    for (entry, _) in &parsed.entries {
         if let std::collections::hash_map::Entry::Vacant(slot) = channels.entry(entry.channel_id) {
             slot.insert(tx.get_channel(entry.channel_id).await?);
         }
     }
-    let plan = Plan::of(entries, &channels)?;
+    let plan = Plan::of(&parsed, &channels)?;
     let consent = tx.consent_settings().await?;
     let contacts = Contacts::upsert(tx, plan.identities()).await?;
     let mut done = Processed::default();
@@ -179,7 +202,7 @@ pub(crate) async fn process_entries(
         done.consent_changes += other_event(tx, item, &contacts).await?;
         done.other_events += 1;
     }
-    let ids: Vec<_> = entries.iter().map(|e| e.id).collect();
+    let ids: Vec<_> = parsed.entries.iter().map(|(e, _)| e.id).collect();
     tx.mark_inbox_processed(&ids).await?;
     Ok(done)
 }
@@ -203,7 +226,7 @@ async fn store_messages(
     let conversations = tx.touch_conversations(&touches).await?;
     let mut messages = Vec::with_capacity(plan.messages.len());
     for (item, conversation) in plan.messages.iter().zip(conversations) {
-        let m = &item.event;
+        let m = item.event;
         messages.push(NewInboundMessage {
             conversation_id: conversation,
             provider_message_id: m.provider_message_id.clone(),
@@ -270,14 +293,14 @@ async fn apply_statuses(
         }
     }
     for item in kept {
-        let payload = serde_json::to_value(&item.event)
+        let payload = serde_json::to_value(item.event)
             .map_err(|e| Error::internal("serializing a status", e))?;
         tx.record_channel_event(item.entry.channel_id, "status", &payload)
             .await?;
     }
     let outcomes = tx.apply_statuses(&changes).await?;
     for (item, outcome) in items.into_iter().zip(outcomes) {
-        let status = &item.event;
+        let status = item.event;
         if opted_out_by(status) {
             let contact = contacts.of(&identity(&status.recipient))?;
             let at = status.at_ms.map_or(item.entry.received_at, |ms| {
@@ -301,7 +324,7 @@ async fn apply_statuses(
 /// A status in the store's terms (the first error explained, as for a refused send); `None`
 /// for a status with no place in the forward order.
 fn status_change(item: &Item<'_, StatusUpdate>) -> Option<StatusChange> {
-    let status = &item.event;
+    let status = item.event;
     let rank = status.status.rank()?;
     let provider = item.entry.provider.as_str();
     let name = serde_json::to_value(&status.status)
@@ -336,7 +359,7 @@ async fn other_event(
     contacts: &Contacts,
 ) -> Result<u32, Error> {
     let channel = item.entry.channel_id;
-    match &item.event {
+    match item.event {
         InboundEvent::UserPreference(pref) => {
             let payload = serde_json::to_value(pref)
                 .map_err(|e| Error::internal("serializing a preference", e))?;
@@ -376,7 +399,7 @@ async fn other_event(
                 },
             )
             .await?;
-            let (kind, payload) = describe(&item.event);
+            let (kind, payload) = describe(item.event);
             tx.record_channel_event(channel, &kind, &payload).await?;
             Ok(0)
         }

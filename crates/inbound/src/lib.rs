@@ -120,7 +120,7 @@ pub async fn process_batch(
     if entries.is_empty() {
         return Ok(Processed::default());
     }
-    batch::process_entries(tx, &entries).await
+    batch::write(tx, batch::Parsed::of(entries)?).await
 }
 
 /// Erases a contact and every copy of it (`Tx::delete_contact`). Webhooks that mention it and
@@ -253,8 +253,20 @@ impl Handler for ProcessInboxHandler {
             .tenant_id
             .ok_or_else(|| JobError::Permanent("inbound job without a tenant".into()))?;
         let ids = job.ids();
+        // Read and parsed before the write transaction begins (on SQLite it holds the writer).
+        let entries = ctx
+            .store()
+            .tenant_read(tenant)
+            .await?
+            .peek_unprocessed_inbox(&ids)
+            .await?;
+        let parsed = batch::Parsed::of(entries);
         let mut tx = ctx.store().tenant(tenant).await?;
-        match process_batch(&mut tx, &ids).await {
+        let written = match parsed {
+            Ok(parsed) => batch::write(&mut tx, parsed).await,
+            Err(err) => Err(err),
+        };
+        match written {
             Ok(processed) => {
                 tracing::debug!(batch = ids.len(), ?processed, "webhooks processed");
                 ctx.complete_with(tx).await?;

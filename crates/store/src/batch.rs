@@ -146,14 +146,24 @@ impl Tx<Tenant> {
     /// The unprocessed entries among `ids`, in id order. On PostgreSQL they are locked, so a
     /// concurrent erasure or a duplicate job waits for this batch instead of racing it.
     pub async fn unprocessed_inbox(&mut self, ids: &[InboxId]) -> Result<Vec<InboxEntry>> {
-        if ids.is_empty() {
-            return Ok(Vec::new());
-        }
-        let tenant = *self.tenant().as_uuid();
         let lock = match self.conn {
             Conn::Sqlite(_) => "",
             Conn::Postgres(_) => " FOR UPDATE",
         };
+        self.select_unprocessed(ids, lock).await
+    }
+
+    /// The unprocessed entries among `ids`, unlocked (in a read transaction): to parse them
+    /// before the write transaction that processes them, which checks them again.
+    pub async fn peek_unprocessed_inbox(&mut self, ids: &[InboxId]) -> Result<Vec<InboxEntry>> {
+        self.select_unprocessed(ids, "").await
+    }
+
+    async fn select_unprocessed(&mut self, ids: &[InboxId], lock: &str) -> Result<Vec<InboxEntry>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let tenant = *self.tenant().as_uuid();
         let rows = on_conn!(&mut self.conn, |c| {
             let mut q = QueryBuilder::new(
                 "SELECT id, channel_id, provider, received_at, body FROM webhook_inbox \
