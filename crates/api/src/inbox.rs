@@ -93,9 +93,6 @@ async fn run(store: Store, mut rx: mpsc::Receiver<Pending>) {
     }
 }
 
-/// Webhooks processed per `inbound.process` job.
-const PROCESS_BATCH: usize = 32;
-
 async fn write(store: &Store, items: &[Pending]) -> Result<(), Error> {
     let webhooks: Vec<_> = items
         .iter()
@@ -106,14 +103,8 @@ async fn write(store: &Store, items: &[Pending]) -> Result<(), Error> {
             body: &i.body,
         })
         .collect();
-    // Small enough that processing one job never holds the (SQLite) writer for long, large
-    // enough that a flood of statuses costs few jobs.
     store
-        .ingest_webhooks(&webhooks, |ids| {
-            ids.chunks(PROCESS_BATCH)
-                .map(|chunk| waypost_inbound::process_job(chunk.to_vec()))
-                .collect()
-        })
+        .ingest_webhooks(&webhooks, waypost_inbound::process_jobs)
         .await
 }
 

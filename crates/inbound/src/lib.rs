@@ -37,9 +37,22 @@ impl ProcessInbox {
     }
 }
 
-/// The job that processes stored webhooks, to enqueue in the transaction that stored them.
-/// One job per group commit: a flood of status webhooks costs one job per batch, not one
-/// per webhook.
+/// Webhooks processed per job at most. Large batches are what make processing cheap (a batch
+/// costs a handful of statements and one commit whatever its size: measured in-process, 32 →
+/// ~3,200/s, 512 → ~8,000/s on SQLite); a group commit under load holds up to 512 webhooks.
+pub const PROCESS_BATCH: usize = 512;
+
+/// The jobs that process webhooks just stored, to enqueue in the transaction that stored
+/// them: one per `PROCESS_BATCH`, so a flood of statuses costs a job per batch, not per
+/// webhook.
+pub fn process_jobs(inbox_ids: &[InboxId]) -> Result<Vec<NewJob>, Error> {
+    inbox_ids
+        .chunks(PROCESS_BATCH)
+        .map(|chunk| process_job(chunk.to_vec()))
+        .collect()
+}
+
+/// The job that processes these stored webhooks.
 pub fn process_job(inbox_ids: Vec<InboxId>) -> Result<NewJob, Error> {
     NewJob::new(
         PROCESS_KIND,
