@@ -15,9 +15,7 @@ use waypost_store::{
     StatusChange, StatusOutcome, TemplateChange, TenantScope, Tx,
 };
 
-use crate::{
-    Processed, belongs_to, confirm, describe, identity, keyword_action, kind_of, reported_at,
-};
+use crate::{Processed, belongs_to, confirm, describe, identity, keyword_action, reported_at};
 
 /// One event and the stored webhook it came in.
 struct Item<'e, T> {
@@ -230,7 +228,7 @@ async fn store_messages(
         messages.push(NewInboundMessage {
             conversation_id: conversation,
             provider_message_id: m.provider_message_id.clone(),
-            kind: kind_of(&m.content),
+            kind: m.content.kind().to_string(),
             content: serde_json::to_value(&m.content)
                 .map_err(|e| Error::internal("serializing a message", e))?,
             referral: m

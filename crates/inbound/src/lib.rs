@@ -194,13 +194,6 @@ fn identity(user: &UserRef) -> ContactIdentity {
     }
 }
 
-fn kind_of(content: &MessageContent) -> String {
-    serde_json::to_value(content)
-        .ok()
-        .and_then(|v| v.get("type").and_then(|t| t.as_str()).map(str::to_string))
-        .unwrap_or_else(|| "unknown".into())
-}
-
 /// The tenant's confirmation after a keyword changed consent, sent as a reply in the
 /// window the keyword just opened. A channel that cannot send it is logged, not fatal.
 async fn confirm(

@@ -210,6 +210,34 @@ pub enum MessageContent {
     },
 }
 
+impl MessageContent {
+    /// The `type` this content is tagged with in JSON (`text`, `image`, ...), without
+    /// serializing it.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Text { .. } => "text",
+            Self::Image { .. } => "image",
+            Self::Video { .. } => "video",
+            Self::Audio { .. } => "audio",
+            Self::Document { .. } => "document",
+            Self::Sticker { .. } => "sticker",
+            Self::Location { .. } => "location",
+            Self::Contacts { .. } => "contacts",
+            Self::ButtonReply { .. } => "button_reply",
+            Self::ListReply { .. } => "list_reply",
+            Self::FlowReply { .. } => "flow_reply",
+            Self::TemplateButton { .. } => "template_button",
+            Self::Reaction { .. } => "reaction",
+            Self::Order { .. } => "order",
+            Self::System { .. } => "system",
+            Self::Edit { .. } => "edit",
+            Self::Revoke { .. } => "revoke",
+            Self::Unsupported { .. } => "unsupported",
+            Self::Unknown { .. } => "unknown",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ReplyContext {
     /// The message replied to.

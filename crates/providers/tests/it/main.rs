@@ -426,6 +426,11 @@ fn every_fixture_round_trips_through_the_event_model_as_json() {
         for event in events {
             let json = serde_json::to_string(&event).unwrap();
             assert_eq!(serde_json::from_str::<InboundEvent>(&json).unwrap(), event);
+            if let InboundEvent::Message(m) = &event {
+                // The tag `kind()` names without serializing is the one JSON carries.
+                let tagged = serde_json::to_value(&m.content).unwrap();
+                assert_eq!(tagged["type"], m.content.kind());
+            }
         }
     }
 }
